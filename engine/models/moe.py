@@ -1,0 +1,112 @@
+"""Mixture-of-experts FFN in plain torch: the reference (and test oracle) for the fused kernel.
+
+Pipeline, as the fused Triton kernel will run it:
+    route    : logits = x @ router^T; softmax in fp32; top-k; optional renormalisation
+    permute  : sort the T*K (token, expert) pairs by expert
+    experts  : per expert with tokens: h = silu(x @ w1^T) * (x @ w3^T); y = h @ w2^T
+    combine  : out[token] += routing_weight * y
+
+Shapes: T tokens, E experts, K top-k, D hidden, I expert intermediate.
+Weights: w13 [E, 2I, D] (gate rows first, then up), w2 [E, D, I], router [E, D].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lamina_engine.models.config import ModelConfig
+
+
+@dataclass
+class ExpertStats:
+    """Expert weight traffic, summed over MoE calls since the last reset.
+
+    `experts_loaded` counts, per MoE call, the experts that had at least one routed token (each
+    one's weights must be read once); `bytes_loaded` = that count * bytes per expert.
+    """
+
+    moe_calls: int = 0
+    experts_loaded: int = 0
+    bytes_loaded: int = 0
+
+    def record(self, num_active_experts: int, bytes_per_expert: int) -> None:
+        self.moe_calls += 1
+        self.experts_loaded += num_active_experts
+        self.bytes_loaded += num_active_experts * bytes_per_expert
+
+    def reset(self) -> None:
+        self.moe_calls = self.experts_loaded = self.bytes_loaded = 0
+
+
+def route(router_logits: Tensor, top_k: int, renormalize: bool) -> tuple[Tensor, Tensor]:
+    """router_logits [T, E] -> (weights [T, K] fp32, expert ids [T, K] int64).
+
+    Every supported family takes softmax over all E experts in fp32, then the top k. Mixtral
+    always renormalises the k probabilities to sum to 1 (identical to softmax over the top-k
+    logits); Qwen3-MoE and OLMoE do so only when `norm_topk_prob` is set.
+    """
+    probs = torch.softmax(router_logits, dim=-1, dtype=torch.float32)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+def experts_forward(
+    x: Tensor, weights: Tensor, ids: Tensor, w13: Tensor, w2: Tensor
+) -> tuple[Tensor, Tensor]:
+    """x [T, D], weights/ids [T, K], w13 [E, 2I, D], w2 [E, D, I] -> (out [T, D], counts [E]).
+
+    Loops only over experts that got tokens; `counts[e]` is how many (token, slot) pairs
+    went to expert e (one bincount: also what the expert-traffic stats need).
+    """
+    num_tokens, top_k = ids.shape
+    num_experts, two_i, _ = w13.shape
+    flat_ids = ids.reshape(-1)  # [T*K]
+    counts = torch.bincount(flat_ids, minlength=num_experts)  # [E]
+    order = torch.argsort(flat_ids, stable=True)  # [T*K] pair indices grouped by expert
+    flat_weights = weights.reshape(-1)  # [T*K]
+    out = torch.zeros_like(x)
+    start = 0
+    for expert, n in enumerate(counts.tolist()):
+        if n == 0:
+            continue
+        pairs = order[start : start + n]  # [n]
+        start += n
+        tokens = pairs // top_k  # [n] token index of each pair
+        gate, up = F.linear(x[tokens], w13[expert]).split(two_i // 2, dim=-1)  # [n, I] each
+        y = F.linear(F.silu(gate) * up, w2[expert])  # [n, D]
+        y = y * flat_weights[pairs, None]
+        out.index_add_(0, tokens, y.to(out.dtype))
+    return out, counts
+
+
+class MoE(nn.Module):
+    """Router + stacked experts of one layer; records expert traffic into `stats`."""
+
+    def __init__(self, config: ModelConfig, stats: ExpertStats) -> None:
+        super().__init__()
+        e, d, i = config.num_experts, config.hidden_size, config.moe_intermediate_size
+        self.top_k = config.num_experts_per_tok
+        self.renormalize = config.norm_topk_prob
+        # Qwen3-MoE/OLMoE cast routing weights back to the activation dtype before use;
+        # Mixtral keeps them in fp32 (matters only for bf16/fp16).
+        self.weights_in_activation_dtype = config.model_type != "mixtral"
+        self.router = nn.Linear(d, e, bias=False)  # weight [E, D]
+        self.w13 = nn.Parameter(torch.empty(e, 2 * i, d))
+        self.w2 = nn.Parameter(torch.empty(e, d, i))
+        self.stats = stats
+        self._bytes_per_expert = 3 * d * i  # times itemsize, filled in lazily per dtype
+
+    def forward(self, x: Tensor) -> Tensor:  # x [T, D] -> [T, D]
+        weights, ids = route(self.router(x), self.top_k, self.renormalize)
+        if self.weights_in_activation_dtype:
+            weights = weights.to(x.dtype)
+        out, counts = experts_forward(x, weights, ids, self.w13, self.w2)
+        active = int((counts > 0).sum())
+        self.stats.record(active, self._bytes_per_expert * self.w13.element_size())
+        return out

@@ -1,0 +1,1 @@
+"""Model runner: device state and the forward step."""
