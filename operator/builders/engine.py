@@ -1,0 +1,128 @@
+"""Prefill, decode and router Deployments: `lamina serve --role ROLE` with the engine settings.
+
+Command line of every role (flags the engine's `lamina serve` accepts):
+    lamina serve --role prefill|decode|router --model M [--revision R]
+                 --served-model-name NAME --host 0.0.0.0 --port 8000 [router flags] [extraArgs]
+Router flags: --prefill-service HOST:PORT --decode-service HOST:PORT --prefill-picker P
+              --decode-picker D --disaggregation-min-prompt-tokens N --load-decay-seconds S
+Everything else comes from the engine ConfigMap as LAMINA_* variables (see config.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import ServingDeploymentSpec
+from ..api.common import PodPlacement
+from ..constants import CONFIG_HASH_ANNOTATION, ENGINE_PORT
+from . import pods
+from .config import password_secret
+from .names import (
+    Owner,
+    child_name,
+    config_map_name,
+    labels,
+    metadata,
+    selector_labels,
+    service_host,
+)
+
+# Seconds a pod may take to become healthy: engines load checkpoints (tens of GB), routers don't.
+ENGINE_STARTUP_SECONDS = 3600
+ROUTER_STARTUP_SECONDS = 300
+
+
+def engine_args(owner: Owner, spec: ServingDeploymentSpec, role: str) -> list[str]:
+    """Arguments after `lamina`: the full `serve` command line of one role."""
+    model_flags, _ = pods.model_location(spec.model.source)
+    args = ["serve", "--role", role, *model_flags]
+    args += [
+        "--served-model-name",
+        spec.model.name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(ENGINE_PORT),
+    ]
+    if role == "router":
+        routing = spec.router.routing
+        args += [
+            "--prefill-service", f"{service_host(owner, 'prefill')}:{ENGINE_PORT}",
+            "--decode-service", f"{service_host(owner, 'decode')}:{ENGINE_PORT}",
+            "--prefill-picker", routing.prefill_picker,
+            "--decode-picker", routing.decode_picker,
+            "--disaggregation-min-prompt-tokens", str(routing.disaggregation_min_prompt_tokens),
+            "--load-decay-seconds", str(routing.load_decay_seconds),
+        ]  # fmt: skip
+    return args + list(_placement(spec, role).extra_args)
+
+
+def _placement(spec: ServingDeploymentSpec, role: str) -> PodPlacement:
+    return {"prefill": spec.prefill, "decode": spec.decode, "router": spec.router}[role]
+
+
+def replicas_of(spec: ServingDeploymentSpec, role: str) -> int:
+    return _placement(spec, role).replicas
+
+
+def build_pool_deployment(
+    owner: Owner, spec: ServingDeploymentSpec, role: str, config_hash: str
+) -> dict[str, Any]:
+    """The Deployment of one role. `config_hash` is the engine ConfigMap's hash (rolls pods)."""
+    placement = _placement(spec, role)
+    is_engine = role != "router"
+    _, model_volume = pods.model_location(spec.model.source)
+    # The router reads the model only for its tokenizer and config; it needs no /dev/shm.
+    vols, mounts = pods.volumes(model_volume, shm=is_engine)
+    container: dict[str, Any] = {
+        "name": "engine",
+        "image": spec.engine.image,
+        "imagePullPolicy": spec.engine.image_pull_policy,
+        "command": ["lamina"],
+        "args": engine_args(owner, spec, role),
+        "ports": [{"name": "http", "containerPort": ENGINE_PORT, "protocol": "TCP"}],
+        "envFrom": [{"configMapRef": {"name": config_map_name(owner)}}],
+        "env": pods.base_env(password_secret(owner, spec)) + pods.user_env(placement),
+        "resources": pods.resources(placement),
+        **pods.probes(ENGINE_STARTUP_SECONDS if is_engine else ROUTER_STARTUP_SECONDS),
+        "securityContext": pods.container_security_context(),
+        "volumeMounts": mounts,
+    }
+    template = {
+        "metadata": {
+            "labels": labels(owner, role, role),
+            "annotations": {
+                CONFIG_HASH_ANNOTATION: config_hash,
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(ENGINE_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            # Engines drain in-flight requests and KV reads on SIGTERM before exiting.
+            "terminationGracePeriodSeconds": 120 if is_engine else 30,
+            "securityContext": pods.pod_security_context(),
+            "containers": [container],
+            "volumes": vols,
+            **pods.scheduling(placement),
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, child_name(owner, role), role, role),
+        "spec": {
+            "replicas": placement.replicas,
+            "selector": {"matchLabels": selector_labels(owner, role)},
+            # Surge, never drop below the desired count: a rollout must not cut capacity.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": ENGINE_STARTUP_SECONDS if is_engine else 600,
+            "template": template,
+        },
+    }

@@ -1,0 +1,150 @@
+"""Pieces of the engine pod template: security contexts, volumes, probes, env, scheduling.
+
+Secure by default: non-root uid, read-only root filesystem (writable emptyDirs for /tmp and the
+model cache), no privilege escalation, all capabilities dropped, RuntimeDefault seccomp, no
+service-account token (the engine never calls the Kubernetes API).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.common import PodPlacement
+from ..constants import ENGINE_UID
+
+CACHE_DIR = "/var/cache/lamina"  # HF downloads and compiled kernels land here (emptyDir)
+MODELS_DIR = "/models"  # pvc:// sources are mounted here, read-only
+
+
+def pod_security_context(uid: int = ENGINE_UID) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def http_probe(period: int, failures: int, timeout: int = 3) -> dict[str, Any]:
+    """GET /health on the named `http` port."""
+    return {
+        "httpGet": {"path": "/health", "port": "http", "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+        "successThreshold": 1,
+    }
+
+
+def probes(startup_budget_seconds: int) -> dict[str, Any]:
+    """Readiness (5 s), liveness (10 s × 6) and a startup probe covering model loading.
+
+    The liveness probe only starts once the startup probe passed, so a slow checkpoint load
+    (up to `startup_budget_seconds`) never gets the container killed.
+    """
+    return {
+        "readinessProbe": http_probe(period=5, failures=3),
+        "livenessProbe": http_probe(period=10, failures=6, timeout=5),
+        "startupProbe": http_probe(period=10, failures=max(1, startup_budget_seconds // 10)),
+    }
+
+
+def model_location(source: str) -> tuple[list[str], dict[str, Any] | None]:
+    """`lamina serve` flags naming the checkpoint, and the PVC volume it needs (if any).
+
+    hf://org/name@rev -> --model org/name --revision rev; s3://... -> --model s3://... (the
+    engine downloads into the cache); pvc://claim/path -> --model /models/path, claim mounted.
+    """
+    scheme, rest = source.split("://", 1)
+    if scheme == "hf":
+        repo, _, revision = rest.partition("@")
+        return ["--model", repo] + (["--revision", revision] if revision else []), None
+    if scheme == "pvc":
+        claim, _, path = rest.partition("/")
+        volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        local = f"{MODELS_DIR}/{path}".rstrip("/") if path.strip("/") else MODELS_DIR
+        return ["--model", local], volume
+    return ["--model", source], None
+
+
+def volumes(model_volume: dict[str, Any] | None, shm: bool) -> tuple[list, list]:
+    """(volumes, volumeMounts): writable emptyDirs, /dev/shm for torch, the model PVC."""
+    vols: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    if shm:
+        vols.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    if model_volume is not None:
+        vols.append(model_volume)
+        mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
+    return vols, mounts
+
+
+def base_env(password: tuple[str, str] | None) -> list[dict[str, Any]]:
+    """Env every engine container gets besides the ConfigMap: identity, cache dirs, password."""
+    env: list[dict[str, Any]] = [
+        {"name": "LAMINA_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {
+            "name": "LAMINA_POD_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        },
+        {"name": "LAMINA_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+    ]
+    if password is not None:
+        name, key = password
+        env.append(
+            {
+                "name": "LAMINA_KV_REDIS_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": name, "key": key}},
+            }
+        )
+    return env
+
+
+def user_env(placement: PodPlacement) -> list[dict[str, Any]]:
+    """The pool's extra env, after ours, so a user can override a LAMINA_* value on purpose."""
+    return [var.model_dump(by_alias=True, exclude_none=True) for var in placement.env]
+
+
+def resources(placement: PodPlacement) -> dict[str, Any]:
+    """Resource maps with quantities as strings (the apiserver's canonical form for ints)."""
+    res = placement.resources
+    out: dict[str, Any] = {}
+    if res.requests:
+        out["requests"] = {k: str(v) for k, v in res.requests.items()}
+    if res.limits:
+        out["limits"] = {k: str(v) for k, v in res.limits.items()}
+    return out
+
+
+def scheduling(placement: PodPlacement) -> dict[str, Any]:
+    """nodeSelector / tolerations / affinity, omitted when empty."""
+    out: dict[str, Any] = {}
+    if placement.node_selector:
+        out["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        out["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations
+        ]
+    if placement.affinity:
+        out["affinity"] = placement.affinity
+    return out

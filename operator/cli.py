@@ -1,0 +1,112 @@
+"""`lamina-operator`: run the operator, or render its CRDs.
+
+    lamina-operator run [--namespace NS ... | --all-namespaces] [--liveness-port 8080]
+                        [--peering lamina-operator | --standalone] [--priority N] [--verbose]
+    lamina-operator crds [--output DIR] [--check]
+
+`run` uses in-cluster credentials inside a pod, else the current kubeconfig context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .constants import PEERING_NAME
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamina-operator", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the kopf operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], metavar="NS",
+        help="watch this namespace (repeatable; glob patterns such as 'team-*' work)",
+    )  # fmt: skip
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    run.add_argument(
+        "--liveness-port", type=int, default=8080,
+        help="serve GET /healthz on this port (0 turns it off); default 8080",
+    )  # fmt: skip
+    peering = run.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--peering", default=PEERING_NAME, metavar="NAME",
+        help="kopf peering object used for leader election (default lamina-operator); it must "
+        "exist: a ClusterKopfPeering with --all-namespaces, else a KopfPeering per namespace",
+    )  # fmt: skip
+    peering.add_argument(
+        "--standalone", action="store_true", help="no leader election (one replica only)"
+    )
+    run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    run.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+
+    crds = sub.add_parser("crds", help="print or write the CRDs generated from the models")
+    crds.add_argument("-o", "--output", type=Path, help="write one YAML file per CRD into DIR")
+    crds.add_argument(
+        "--check", action="store_true",
+        help="with --output: exit 1 if the files in DIR differ from the models (write nothing)",
+    )  # fmt: skip
+    return parser
+
+
+def _crds(output: Path | None, check: bool) -> int:
+    from .crdgen import render_all, to_yaml
+
+    rendered = {name: to_yaml(crd) for name, crd in render_all().items()}
+    if output is None:
+        sys.stdout.write("---\n".join(rendered.values()))
+        return 0
+    if check:
+        stale = [n for n, text in rendered.items() if _read(output / n) != text]
+        for name in stale:
+            print(f"{output / name} is out of date: run `lamina-operator crds --output {output}`")
+        return 1 if stale else 0
+    output.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.items():
+        (output / name).write_text(text)
+        print(f"wrote {output / name}")
+    return 0
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import main as _handlers  # noqa: F401  (importing registers the handlers)
+
+    if not args.all_namespaces and not args.namespace:
+        print(
+            "lamina-operator run: say which namespaces to watch: --namespace NS (repeatable) "
+            "or --all-namespaces",
+            file=sys.stderr,
+        )
+        return 2
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=args.all_namespaces,
+        namespaces=args.namespace,
+        standalone=args.standalone,
+        peering_name=None if args.standalone else args.peering,
+        priority=args.priority,
+        liveness_endpoint=(
+            f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+        ),
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "crds":
+        return _crds(args.output, args.check)
+    return _run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin kopf handler bodies; the decorators live in lamina_operator.main."""

@@ -1,0 +1,57 @@
+"""Handler bodies for ServingDeployments and the Deployments they own.
+
+They only translate between kopf and the Reconciler: spec problems the user must fix become
+kopf.PermanentError (no retry until the spec changes), problems the world may fix later (a
+Secret or policy created afterwards) become kopf.TemporaryError with a delay.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from ..constants import DEPLOYMENT_LABEL, MANAGED_BY
+from ..kube import KubeError
+from ..reconcile import Reconciler
+
+RETRY_DELAY_SECONDS = 30
+
+
+class KopfRecorder:
+    """EventRecorder posting through kopf (batched, rate-limited, with kopf's RBAC)."""
+
+    def event(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:
+        kopf.event(obj, type=type, reason=reason, message=message[:1000])
+
+
+def reconcile_serving(reconciler: Reconciler, namespace: str, name: str, logger: Any) -> None:
+    try:
+        outcome = reconciler.reconcile(namespace, name)
+    except KubeError as exc:  # RBAC gaps, API server hiccups: retry, and say where to look
+        hint = (
+            " (compare the operator's RBAC with lamina_operator.rbac)" if exc.status == 403 else ""
+        )
+        raise kopf.TemporaryError(
+            f"Kubernetes API call failed: {exc}{hint}", delay=RETRY_DELAY_SECONDS
+        ) from exc
+    for action in outcome.actions:
+        logger.info(action.describe())
+    if not outcome.problems:
+        return
+    message = "; ".join(f"{p.reason}: {p.message}" for p in outcome.problems)
+    if outcome.retryable:
+        raise kopf.TemporaryError(message, delay=RETRY_DELAY_SECONDS)
+    raise kopf.PermanentError(message)
+
+
+def on_child_event(reconciler: Reconciler, body: Any, logger: logging.Logger) -> None:
+    """An owned Deployment changed (pods became ready, a rollout moved): refresh the owner."""
+    labels = body.get("metadata", {}).get("labels") or {}
+    owner = labels.get(DEPLOYMENT_LABEL)
+    if owner is None or labels.get("app.kubernetes.io/managed-by") != MANAGED_BY:
+        return
+    outcome = reconciler.reconcile(body["metadata"]["namespace"], owner)
+    if outcome.problems:  # already reported on the owner; the owner's handler retries
+        logger.debug(f"{owner}: {len(outcome.problems)} problem(s) pending")

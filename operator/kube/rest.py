@@ -1,0 +1,137 @@
+"""KubeClient over a real API server, through the `kubernetes` package's HTTP layer.
+
+Plain REST paths with dict bodies rather than the typed API classes: one code path for every
+kind (CRDs included), and the JSON we read back is exactly what the server stored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from .client import AlreadyExists, KubeError, NotFound, plural_of
+
+_MERGE = "application/merge-patch+json"
+
+
+def load_config() -> None:
+    """In-cluster credentials when running in a pod, else the current kubeconfig context."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+
+
+def _base(api_version: str) -> str:
+    return "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+
+
+def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    path = f"{_base(api_version)}/namespaces/{namespace}/{plural_of(kind)}"
+    return f"{path}/{name}" if name else path
+
+
+class RestKubeClient:
+    """The real thing. Create one after `load_config()` (kopf's login is separate)."""
+
+    def __init__(self, api_client: k8s.ApiClient | None = None):
+        self.api = api_client or k8s.ApiClient()
+        self._served: dict[str, bool] = {}
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            method, url, headers, body, post = self.api.param_serialize(
+                method,
+                path,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self.api.call_api(method, url, header_params=headers, body=body)
+            raw = response.read()
+        except ApiException as exc:  # the HTTP layer raises on some statuses
+            raise _error(exc.status or 0, exc.body or exc.reason or "") from exc
+        if response.status >= 400:
+            raise _error(response.status, raw.decode(errors="replace") if raw else "")
+        return json.loads(raw) if raw else {}
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        try:
+            return self._call("GET", _path(api_version, kind, namespace, name))
+        except NotFound:
+            return None
+
+    def list(
+        self, api_version: str, kind: str, namespace: str, labels: dict[str, str]
+    ) -> list[dict]:
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        result = self._call(
+            "GET", _path(api_version, kind, namespace), query=[("labelSelector", selector)]
+        )
+        items = result.get("items", [])
+        for item in items:  # list items lack apiVersion/kind; callers expect full objects
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def create(self, obj: dict[str, Any]) -> dict:
+        meta = obj["metadata"]
+        return self._call("POST", _path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
+
+    def patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        subresource: str | None = None,
+    ) -> dict:
+        path = _path(api_version, kind, namespace, name)
+        if subresource:
+            path += f"/{subresource}"
+        return self._call("PATCH", path, patch, content_type=_MERGE)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        try:
+            self._call(
+                "DELETE",
+                _path(api_version, kind, namespace, name),
+                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
+        except NotFound:
+            pass
+
+    def serves(self, api_version: str) -> bool:
+        if api_version not in self._served:
+            try:
+                self._call("GET", _base(api_version))
+                self._served[api_version] = True
+            except NotFound:
+                self._served[api_version] = False
+        return self._served[api_version]
+
+
+def _error(status: int, body: str) -> KubeError:
+    try:
+        message = json.loads(body).get("message", body)
+    except (ValueError, AttributeError):
+        message = body
+    if status == 404:
+        return NotFound(message)
+    if status == 409 and "already exists" in message:
+        return AlreadyExists(message)
+    return KubeError(status, message)

@@ -1,0 +1,79 @@
+"""The RBAC the operator needs, as data: the chart's ClusterRole/Role mirrors these rules and a
+test may compare them. Each rule names the code path that needs it.
+
+`CLUSTER_RULES` are needed only with --all-namespaces (kopf lists namespaces and CRDs, and
+uses a ClusterKopfPeering); the `RULES` apply in every watched namespace (or cluster-wide).
+"""
+
+from __future__ import annotations
+
+RULES: list[dict[str, list[str]]] = [
+    # kopf watches the custom resources and patches its progress annotations on them.
+    {
+        "apiGroups": ["lamina.dev"],
+        "resources": ["servingdeployments", "autoscalingpolicies"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    # Reconciler._write_status / reconcile_policy patch the status subresource.
+    {
+        "apiGroups": ["lamina.dev"],
+        "resources": ["servingdeployments/status", "autoscalingpolicies/status"],
+        "verbs": ["get", "patch", "update"],
+    },
+    # ownerReferences with blockOwnerDeletion need update on the owner's finalizers
+    # (OwnerReferencesPermissionEnforcement admission plugin).
+    {
+        "apiGroups": ["lamina.dev"],
+        "resources": ["servingdeployments/finalizers"],
+        "verbs": ["update"],
+    },
+    # Pools and the managed Redis: apply (get/create/patch), prune (list/delete), kopf watch.
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    # Services, the engine ConfigMap, the Redis password Secret (created once, read to check a
+    # user's passwordSecretRef), pruned when no longer desired.
+    {
+        "apiGroups": [""],
+        "resources": ["services", "configmaps", "secrets"],
+        "verbs": ["get", "list", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["policy"],
+        "resources": ["poddisruptionbudgets"],
+        "verbs": ["get", "list", "create", "patch", "delete"],
+    },
+    # Events about what the operator did (kopf posts core/v1 Events).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    # Leader election with --namespace: a KopfPeering in each watched namespace.
+    {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["kopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+]
+
+CLUSTER_RULES: list[dict[str, list[str]]] = [
+    # kopf checks which CRDs exist (and whether peering is installed).
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["get", "list", "watch"],
+    },
+    # kopf follows namespaces when started with --all-namespaces or namespace patterns.
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    # Leader election with --all-namespaces.
+    {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+]
+
+
+def all_rules(clusterwide: bool = True) -> list[dict[str, list[str]]]:
+    """Rules of the ClusterRole (clusterwide) or of a per-namespace Role."""
+    return RULES + (CLUSTER_RULES if clusterwide else [])

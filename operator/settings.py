@@ -1,0 +1,33 @@
+"""kopf settings, pinned at startup so state written by one version is read by the next.
+
+- progress storage: annotations under `lamina.dev/` (never kopf's default zalando prefix);
+- diff-base storage: `lamina.dev/last-handled-configuration`;
+- finalizer: `lamina.dev/kopf-finalizer` (only added if a handler needs one; the children are
+  removed by garbage collection through ownerReferences, so none is registered today);
+- events: posted from INFO up, reported as component `lamina-operator`;
+- watches: reconnect every 10 minutes at most, so a silently dropped stream heals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from .constants import FINALIZER, PEERING_NAME, PROGRESS_PREFIX
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PROGRESS_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PROGRESS_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "lamina-operator"
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+    # The reconcile pass is synchronous (kubernetes client); run a few in parallel at most.
+    settings.execution.max_workers = 8
+    if not settings.peering.name or settings.peering.name == "default":
+        settings.peering.name = PEERING_NAME

@@ -1,0 +1,86 @@
+"""The console script, kopf wiring and the RBAC list the chart mirrors."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+import yaml
+
+from lamina_operator import cli, rbac
+from lamina_operator.api import ServingDeploymentSpec
+from lamina_operator.builders import BuildContext, Owner, build_children
+from lamina_operator.constants import FINALIZER
+from lamina_operator.reconcile.apply import CHILD_KINDS
+from lamina_operator.settings import configure
+
+
+def test_crds_prints_all_documents(capsys):
+    assert cli.main(["crds"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["metadata"]["name"] for d in docs] == [
+        "servingdeployments.lamina.dev",
+        "autoscalingpolicies.lamina.dev",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    ]
+
+
+def test_crds_check_detects_drift(tmp_path, capsys):
+    assert cli.main(["crds", "--output", str(tmp_path)]) == 0
+    assert cli.main(["crds", "--output", str(tmp_path), "--check"]) == 0
+    (tmp_path / "lamina.dev_servingdeployments.yaml").write_text("stale")
+    assert cli.main(["crds", "--output", str(tmp_path), "--check"]) == 1
+    assert "is out of date" in capsys.readouterr().out
+
+
+def test_run_requires_a_scope(capsys):
+    assert cli.main(["run"]) == 2
+    assert "--all-namespaces" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--namespace", "a", "--all-namespaces"])
+
+
+def test_kopf_settings_are_pinned():
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    assert settings.persistence.finalizer == FINALIZER == "lamina.dev/kopf-finalizer"
+    assert settings.persistence.progress_storage.prefix == "lamina.dev"
+    assert settings.persistence.diffbase_storage.prefix == "lamina.dev"
+    assert settings.peering.name == "lamina-operator"
+
+
+def test_handlers_are_registered():
+    from lamina_operator import main  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    resources = {
+        (h.selector.group, h.selector.plural or h.selector.any_name)
+        for h in registry._changing.get_all_handlers() + registry._watching.get_all_handlers()
+    }
+    assert {("lamina.dev", "servingdeployments"), ("lamina.dev", "autoscalingpolicies"),
+            ("apps", "deployments")} <= resources  # fmt: skip
+
+
+def _allowed(group: str, resource: str, verb: str) -> bool:
+    return any(
+        group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+        for r in rbac.all_rules()
+    )
+
+
+def test_rbac_covers_every_child_the_builders_make(gpu_spec, minimal_spec):
+    owner = Owner("x", "ns", "uid")
+    for spec in (gpu_spec, minimal_spec):
+        for want in build_children(
+            owner, ServingDeploymentSpec.model_validate(spec), BuildContext()
+        ):
+            api_version, kind, _ = want.key
+            group = api_version.rpartition("/")[0]
+            resource = kind.lower() + "s"
+            for verb in ("get", "create", "patch", "list", "delete"):
+                assert _allowed(group, resource, verb), (group, resource, verb)
+    for api_version, kind in CHILD_KINDS:  # pruning lists and deletes these
+        assert _allowed(api_version.rpartition("/")[0], kind.lower() + "s", "delete")
+    assert _allowed("lamina.dev", "servingdeployments/status", "patch")
+    assert _allowed("", "events", "create")
+    assert _allowed("apps", "deployments", "watch")

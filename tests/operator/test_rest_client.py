@@ -1,0 +1,109 @@
+"""RestKubeClient's HTTP: paths, verbs, merge-patch content type, error mapping.
+
+A loopback HTTP server stands in for kube-apiserver; e2e/ runs the same client against a real one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from kubernetes import client as k8s
+
+from lamina_operator.kube import AlreadyExists, KubeError
+from lamina_operator.kube.rest import RestKubeClient
+
+
+class _Api(BaseHTTPRequestHandler):
+    requests: list[tuple[str, str, str, dict | None]] = []
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _reply(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.requests.append((self.command, self.path, self.headers.get("Content-Type"), body))
+        if "missing" in self.path or self.path == "/apis/policy/v1":
+            self._reply(404, {"kind": "Status", "message": "not found", "code": 404})
+        elif self.command == "POST" and "taken" in json.dumps(body):
+            self._reply(409, {"kind": "Status", "message": 'services "taken" already exists'})
+        elif self.command == "POST" and "forbidden" in json.dumps(body):
+            self._reply(403, {"kind": "Status", "message": "secrets is forbidden: User cannot"})
+        elif self.path.startswith("/apis/apps/v1/namespaces/ns/deployments?"):
+            self._reply(200, {"items": [{"metadata": {"name": "d1"}}]})
+        else:
+            self._reply(200, body or {"metadata": {"name": "x"}})
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _handle
+
+
+@pytest.fixture
+def rest():
+    _Api.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    config = k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+    yield RestKubeClient(k8s.ApiClient(config))
+    server.shutdown()
+    server.server_close()
+
+
+def test_paths_verbs_and_bodies(rest):
+    assert rest.get("apps/v1", "Deployment", "ns", "missing") is None
+    items = rest.list("apps/v1", "Deployment", "ns", {"lamina.dev/role": "decode", "a": "b"})
+    assert items == [{"metadata": {"name": "d1"}, "apiVersion": "apps/v1", "kind": "Deployment"}]
+    rest.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
+    )
+    rest.patch(
+        "lamina.dev/v1alpha1", "ServingDeployment", "ns", "sd", {"status": {"x": 1}}, "status"
+    )
+    rest.delete("policy/v1beta1", "PodDisruptionBudget", "ns", "p")
+    calls = [(m, p.split("?")[0], ct) for m, p, ct, _ in _Api.requests]
+    assert calls == [
+        ("GET", "/apis/apps/v1/namespaces/ns/deployments/missing", "application/json"),
+        ("GET", "/apis/apps/v1/namespaces/ns/deployments", "application/json"),
+        ("POST", "/api/v1/namespaces/ns/configmaps", "application/json"),
+        ("PATCH", "/apis/lamina.dev/v1alpha1/namespaces/ns/servingdeployments/sd/status",
+         "application/merge-patch+json"),
+        ("DELETE", "/apis/policy/v1beta1/namespaces/ns/poddisruptionbudgets/p", "application/json"),
+    ]  # fmt: skip
+    query = parse_qs(urlsplit(_Api.requests[1][1]).query)
+    assert query == {"labelSelector": ["a=b,lamina.dev/role=decode"]}
+    assert _Api.requests[3][3] == {"status": {"x": 1}}
+
+
+def test_errors_and_discovery(rest):
+    with pytest.raises(AlreadyExists):
+        rest.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "taken", "namespace": "ns"},
+            }
+        )
+    with pytest.raises(KubeError) as info:
+        rest.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "forbidden", "namespace": "ns"},
+            }
+        )
+    assert info.value.status == 403 and "forbidden" in info.value.message
+    assert rest.serves("policy/v1") is False and rest.serves("policy/v1beta1") is True
+    rest.serves("policy/v1")  # cached: no second request
+    assert sum(1 for _, p, _, _ in _Api.requests if p == "/apis/policy/v1") == 1
