@@ -14,7 +14,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--scheduler", default="chunked", help="scheduling policy (default: chunked)")
+    p.add_argument("--scheduler", default="chunked", choices=["chunked", "layered"])
+    p.add_argument("--layered-budget", type=int, default=8192, help="cohort token budget B")
+    p.add_argument("--layered-max-groups", type=int, default=16, help="most layer groups Gmax")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--block-size", type=int, default=16)
@@ -30,6 +32,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         dtype=args.dtype,
         device=args.device,
         scheduler=args.scheduler,
+        layered_budget=args.layered_budget,
+        layered_max_groups=args.layered_max_groups,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         block_size=args.block_size,

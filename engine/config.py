@@ -26,6 +26,18 @@ class EngineConfig(BaseModel):
     max_num_batched_tokens: int = Field(
         512, ge=1, description="Token budget per step (chunk size of chunked prefill)."
     )
+    layered_budget: int = Field(
+        8192, ge=1, description="layered: most prompt tokens in one prefill cohort (B)."
+    )
+    layered_max_groups: int = Field(
+        16, ge=1, description="layered: most layer groups (Gmax; capped at the layer count)."
+    )
+    layered_group_tokens: int = Field(
+        512,
+        ge=1,
+        description="layered: prefill tokens per group step; a cohort of T tokens gets "
+        "G = 1, 2, 4, 8 groups up to T = 1, 2, 4, 8 times this, else Gmax.",
+    )
     block_size: int = Field(16, ge=1, le=1024, description="Tokens per KV-cache block.")
     num_gpu_blocks: int | None = Field(
         None, ge=1, description="KV-cache blocks; default: from kv_cache_memory_fraction."

@@ -67,6 +67,10 @@ class Engine:
                 max_model_len=self.max_model_len,
                 enable_prefix_caching=config.enable_prefix_caching,
                 policy=config.scheduler,
+                layered_budget=config.layered_budget,
+                layered_max_groups=config.layered_max_groups,
+                layered_group_tokens=config.layered_group_tokens,
+                num_layers=mc.num_layers,
             )
         )
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, seed=config.seed)
@@ -158,10 +162,10 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; returns the outputs that changed (new tokens or finished)."""
         out = self.scheduler.schedule()
-        if not out.chunks:
+        if out.is_empty:
             return []
         now = time.perf_counter()
-        for chunk in out.chunks:
+        for chunk in out.scheduled_chunks:
             m = self._by_seq[chunk.seq.seq_id].output.metrics
             if m.first_scheduled_time is None:
                 m.first_scheduled_time = now
@@ -180,7 +184,8 @@ class Engine:
         s = self.stats
         s.steps += 1
         s.preemptions += len(out.preempted)
-        for c in out.chunks:
+        # A layered cohort's prompt tokens count once, at their last layer group.
+        for c in out.computed_chunks:
             if c.num_tokens == 1 and c.start >= c.seq.num_prompt_tokens:
                 s.decode_tokens += 1
             else:
@@ -188,6 +193,7 @@ class Engine:
         es = self.model.expert_stats
         s.expert_loads, s.expert_bytes_loaded = es.experts_loaded, es.bytes_loaded
         s.model_seconds = self.runner.model_seconds
+        s.layer_groups_run = self.runner.layer_groups_run
 
     def _on_token(self, req: _Request, sample: StepSample, now: float) -> None:
         out, p, tok = req.output, req.params, sample.token_id

@@ -27,7 +27,8 @@ class LLM:
 
     Keyword arguments are EngineConfig fields (dtype, device, scheduler, max_num_seqs,
     max_num_batched_tokens, block_size, num_gpu_blocks, kv_cache_memory_fraction,
-    max_model_len, enable_prefix_caching, seed).
+    max_model_len, enable_prefix_caching, seed, and for scheduler="layered": layered_budget,
+    layered_max_groups, layered_group_tokens).
     """
 
     def __init__(self, model: str, *, progress: bool = False, **kwargs: Any):

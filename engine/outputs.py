@@ -62,6 +62,7 @@ class EngineStats:
     expert_loads: int = 0  # sum over MoE calls of experts with >= 1 routed token
     expert_bytes_loaded: int = 0  # expert_loads x bytes per expert
     model_seconds: float = 0.0  # time spent in the model forward + sampling
+    layer_groups_run: int = 0  # layered prefill: cohort layer groups executed
 
     def snapshot(self) -> EngineStats:
         return EngineStats(**self.__dict__)

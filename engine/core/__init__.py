@@ -1,14 +1,17 @@
 """The scheduler core: block manager, policies, scheduler. Pure Python (no torch)."""
 
 from .block_manager import BlockManager, NoFreeBlocksError, block_hashes, hash_block
-from .output import ScheduledChunk, SchedulerOutput
-from .policies import POLICIES, ChunkedPolicy, SchedulerState, SchedulingPolicy
-from .scheduler import RequestRejectedError, Scheduler, SchedulerConfig
+from .layered import LayeredPolicy
+from .output import CohortStep, ScheduledChunk, SchedulerOutput
+from .policies import ChunkedPolicy, SchedulerState, SchedulingPolicy
+from .scheduler import POLICIES, RequestRejectedError, Scheduler, SchedulerConfig
 
 __all__ = [
     "POLICIES",
     "BlockManager",
     "ChunkedPolicy",
+    "CohortStep",
+    "LayeredPolicy",
     "NoFreeBlocksError",
     "RequestRejectedError",
     "ScheduledChunk",

@@ -1,7 +1,10 @@
 """What one scheduler step hands the model runner (re-exported by core/scheduler.py).
 
 Each chunk computes positions `[start, start + num_tokens)` of one sequence; KV for positions
-below `start` is already cached. Chunks are ordered running decodes first, then prefill chunks.
+below `start` is already cached. `chunks` run through every layer (running decodes first, then
+prefill chunks). Under the layered policy a step may also carry a `CohortStep`: prefill chunks
+that run through one contiguous group of layers only, and whose tokens count as computed once
+their last group has run.
 """
 
 from __future__ import annotations
@@ -24,14 +27,59 @@ class ScheduledChunk:
 
 
 @dataclass
+class CohortStep:
+    """One layer group of the prefill cohort in flight (layered prefill).
+
+    The cohort's chunks (fixed when the cohort was admitted; members aborted since are left
+    out) run layers `[layer_start, layer_end)` in this step, in the same forward as the decode
+    tokens inside that range. Their hidden states wait in the runner between groups (keyed by
+    `cohort_id`). At the last group the chunks that `samples` produce their first token, and
+    every chunk's tokens become computed (`num_computed_tokens` advances in postprocess).
+    """
+
+    cohort_id: int
+    chunks: list[ScheduledChunk]
+    group: int  # g in [0, num_groups)
+    num_groups: int  # G
+    layer_start: int  # l0: first layer of group g
+    layer_end: int  # l1: one past the last layer of group g
+
+    @property
+    def is_first(self) -> bool:
+        return self.group == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.group == self.num_groups - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+
+@dataclass
 class SchedulerOutput:
-    chunks: list[ScheduledChunk] = field(default_factory=list)
+    chunks: list[ScheduledChunk] = field(default_factory=list)  # run through all layers
     preempted: list[Sequence] = field(default_factory=list)  # freed this step; recomputed later
-    num_batched_tokens: int = 0
+    num_batched_tokens: int = 0  # tokens the step computes (chunks + cohort group)
+    cohort: CohortStep | None = None  # layered prefill: the cohort's group this step
 
     @property
     def is_empty(self) -> bool:
-        return not self.chunks
+        return not self.chunks and self.cohort is None
+
+    @property
+    def computed_chunks(self) -> list[ScheduledChunk]:
+        """Chunks whose tokens have KV in every layer once this step has run: all full-depth
+        chunks, plus the cohort's at its last group."""
+        if self.cohort is not None and self.cohort.is_last:
+            return self.chunks + self.cohort.chunks
+        return self.chunks
+
+    @property
+    def scheduled_chunks(self) -> list[ScheduledChunk]:
+        """Every chunk that runs in this step (full depth or one layer group)."""
+        return self.chunks + (self.cohort.chunks if self.cohort is not None else [])
 
 
 class StepBuilder:
@@ -63,6 +111,7 @@ class StepBuilder:
         if chunk is not None:
             self.budget_left += chunk.num_tokens
 
-    def build(self) -> SchedulerOutput:
+    def build(self, cohort: CohortStep | None = None) -> SchedulerOutput:
         chunks = list(self._chunks.values())
-        return SchedulerOutput(chunks, self.preempted, sum(c.num_tokens for c in chunks))
+        n = sum(c.num_tokens for c in chunks) + (cohort.num_tokens if cohort else 0)
+        return SchedulerOutput(chunks, self.preempted, n, cohort)

@@ -50,9 +50,17 @@ def is_decoding(seq: Sequence) -> bool:
     return seq.num_uncomputed_tokens == 1
 
 
-def preempt_tail(state: SchedulerState, step: StepBuilder) -> Sequence:
-    """Evict the most recently admitted running sequence; it will be recomputed."""
-    victim = state.running.pop()
+def preempt_tail(
+    state: SchedulerState, step: StepBuilder, spare: frozenset[int] = frozenset()
+) -> Sequence:
+    """Evict the most recently admitted running sequence whose id is not in `spare`; it will be
+    recomputed. (The layered policy spares the members of its cohort in flight.)"""
+    i = len(state.running) - 1
+    while state.running[i].seq_id in spare:
+        i -= 1
+        if i < 0:
+            raise RuntimeError("every running sequence is spared: nothing can be preempted")
+    victim = state.running.pop(i)
     step.drop(victim)
     state.blocks.free(victim)
     victim.num_computed_tokens = 0
@@ -64,24 +72,33 @@ def preempt_tail(state: SchedulerState, step: StepBuilder) -> Sequence:
     return victim
 
 
-def reserve_slots(state: SchedulerState, step: StepBuilder, seq: Sequence, num_tokens: int) -> bool:
+def reserve_slots(
+    state: SchedulerState,
+    step: StepBuilder,
+    seq: Sequence,
+    num_tokens: int,
+    spare: frozenset[int] = frozenset(),
+) -> bool:
     """Make KV slots for `num_tokens` more tokens of running `seq`, preempting from the tail
-    while blocks are short. False when `seq` itself had to be preempted."""
+    (never a sequence in `spare`) while blocks are short. False when `seq` itself had to go."""
     while not state.blocks.can_append(seq, num_tokens):
-        if preempt_tail(state, step) is seq:
+        if preempt_tail(state, step, spare) is seq:
             return False
     state.blocks.append_slots(seq, num_tokens)
     return True
 
 
-def schedule_decodes(state: SchedulerState, step: StepBuilder) -> None:
-    """One token for every running sequence that is decoding, in admission order."""
+def schedule_decodes(
+    state: SchedulerState, step: StepBuilder, spare: frozenset[int] = frozenset()
+) -> None:
+    """One token for every running sequence that is decoding, in admission order. Sequences in
+    `spare` are neither scheduled nor preempted."""
     i = 0
     while i < len(state.running) and step.budget_left > 0:
         seq = state.running[i]
-        if is_decoding(seq) and seq not in step:
-            if not reserve_slots(state, step, seq, 1):
-                break  # seq was the tail: nothing after it is left to schedule
+        if is_decoding(seq) and seq not in step and seq.seq_id not in spare:
+            if not reserve_slots(state, step, seq, 1, spare):
+                break  # seq was the last candidate: nothing after it is left to schedule
             step.add(seq, 1)
         i += 1
 
@@ -136,15 +153,3 @@ class ChunkedPolicy(SchedulingPolicy):
         if not step.preempted:
             admit_waiting(state, step)
         return step.build()
-
-
-POLICIES: dict[str, type[SchedulingPolicy]] = {ChunkedPolicy.name: ChunkedPolicy}
-
-
-def make_policy(name: str) -> SchedulingPolicy:
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(
-            f"unknown scheduling policy {name!r}; choose one of {sorted(POLICIES)}"
-        ) from None

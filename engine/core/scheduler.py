@@ -18,16 +18,34 @@ from dataclasses import dataclass
 
 from ..sequence import FINISH_REASONS, Sequence, SequenceStatus
 from .block_manager import BlockManager
-from .output import ScheduledChunk, SchedulerOutput
-from .policies import POLICIES, SchedulerState, make_policy
+from .layered import LayeredPolicy
+from .output import CohortStep, ScheduledChunk, SchedulerOutput
+from .policies import ChunkedPolicy, SchedulerState, SchedulingPolicy
 
 __all__ = [
+    "POLICIES",
+    "CohortStep",
     "RequestRejectedError",
     "ScheduledChunk",
     "Scheduler",
     "SchedulerConfig",
     "SchedulerOutput",
 ]
+
+
+POLICIES: dict[str, type[SchedulingPolicy]] = {
+    ChunkedPolicy.name: ChunkedPolicy,
+    LayeredPolicy.name: LayeredPolicy,
+}
+
+
+def make_policy(name: str) -> SchedulingPolicy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown scheduling policy {name!r}; choose one of {sorted(POLICIES)}"
+        ) from None
 
 
 class RequestRejectedError(ValueError):
@@ -45,9 +63,17 @@ class SchedulerConfig:
     block_size: int = 16  # tokens per KV block
     enable_prefix_caching: bool = True
     policy: str = "chunked"  # a key of POLICIES
+    # layered policy: B, the most prompt tokens in one cohort; Gmax; the per-group work size u
+    # behind the G buckets (T <= u, 2u, 4u, 8u -> 1, 2, 4, 8 groups); the model's layer count.
+    layered_budget: int = 8192
+    layered_max_groups: int = 16
+    layered_group_tokens: int = 512
+    num_layers: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_blocks", "max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+        names = ("num_blocks", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
+        names += ("layered_budget", "layered_max_groups", "layered_group_tokens")
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.block_size < 1:
@@ -61,6 +87,11 @@ class SchedulerConfig:
         if self.policy not in POLICIES:
             raise ValueError(
                 f"unknown scheduling policy {self.policy!r}; choose one of {sorted(POLICIES)}"
+            )
+        if self.policy == LayeredPolicy.name and (self.num_layers is None or self.num_layers < 1):
+            raise ValueError(
+                f"the layered policy splits the model's layers into groups: set num_layers "
+                f"(>= 1, the model's decoder layer count), got {self.num_layers}"
             )
 
 
@@ -151,8 +182,9 @@ class Scheduler:
         """Apply a finished step: advance each chunk's sequence, cache its newly full blocks,
         append the sampled token where the chunk samples. Returns the sequences that got a new
         token (the engine checks stop rules on them). Sequences finished or aborted since
-        `schedule()` are skipped."""
-        live = [c for c in out.chunks if c.seq.status is SequenceStatus.RUNNING]
+        `schedule()` are skipped. A layered cohort's chunks count only after their last group
+        (`out.computed_chunks`)."""
+        live = [c for c in out.computed_chunks if c.seq.status is SequenceStatus.RUNNING]
         missing = [c.seq.seq_id for c in live if c.samples and c.seq.seq_id not in sampled]
         if missing:  # checked before any state changes, so the step can be retried
             raise KeyError(f"no sampled token for sequence(s) {missing}, whose chunks sample")

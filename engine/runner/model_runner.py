@@ -1,7 +1,9 @@
 """ModelRunner: SchedulerOutput -> flat token batch -> model over the paged KV cache -> samples.
 
-The runner owns the device state (weights, KV cache, generators); the scheduler owns the
-bookkeeping. A step's tokens are laid out sequence after sequence, in the scheduler's order.
+The runner owns the device state (weights, KV cache, generators, the layered-prefill cohort's
+hidden states between layer groups); the scheduler owns the bookkeeping. A step's tokens are
+laid out sequence after sequence, in the scheduler's order. A step that carries a cohort runs
+through `runner/layered.py`; any other is one plain forward over all layers.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from lamina_engine.core.scheduler import SchedulerOutput
-from lamina_engine.models import AttentionMetadata, CausalLM, allocate_kv_caches
+from lamina_engine.models import CausalLM, allocate_kv_caches
+from lamina_engine.runner.layered import CohortStash, TokenBatch, run_layered_step
 from lamina_engine.sampler import Sampler
+from lamina_engine.sequence import Sequence
 
 
 @dataclass
@@ -45,6 +49,8 @@ class ModelRunner:
         self._generators: dict[int, torch.Generator] = {}
         self._early_stop_ids: dict[int, list[int]] = {}
         self.model_seconds = 0.0
+        self.stash = CohortStash()
+        self.layer_groups_run = 0  # cohort layer groups executed (layered prefill)
 
     def add_request(self, seq_id: int, seed: int | None) -> None:
         """Seeded requests draw only from their own generator (same seed -> same tokens)."""
@@ -70,40 +76,47 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> dict[int, StepSample]:
         """Run one step; returns the sampled token of every chunk that completes its sequence."""
         t0 = time.perf_counter()
-        ids: list[int] = []
-        positions: list[int] = []
-        starts, qlens, tables = [], [], []
-        sample_rows, sampled_seqs = [], []
-        for chunk in out.chunks:
-            seq = chunk.seq
-            end = chunk.start + chunk.num_tokens
-            ids.extend(seq.all_token_ids[chunk.start : end])
-            positions.extend(range(chunk.start, end))
-            starts.append(chunk.start)
-            qlens.append(chunk.num_tokens)
-            tables.append(seq.block_table)
-            if chunk.samples:
-                sample_rows.append(len(ids) - 1)
-                sampled_seqs.append(seq)
-        if not ids:
-            return {}
-        dev = self.device
-        md = AttentionMetadata.build(starts, qlens, tables, self.block_size, dev)
-        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
-        pos = torch.tensor(positions, dtype=torch.long, device=dev)
-        hidden = self.model.forward(input_ids, pos, md, self.kv_caches)
-        results: dict[int, StepSample] = {}
-        if sample_rows:
-            rows = torch.tensor(sample_rows, dtype=torch.long, device=dev)
-            logits = self.model.compute_logits(hidden.index_select(0, rows))
-            self._ban_early_stops(logits, sampled_seqs)
-            params = [s.params for s in sampled_seqs]
-            gens = [self._generators.get(s.seq_id, self.default_generator) for s in sampled_seqs]
-            sampled = self.sampler.sample(logits, params, gens)
-            for i, seq in enumerate(sampled_seqs):
-                top = sampled.top_logprobs[i] if sampled.top_logprobs is not None else None
-                results[seq.seq_id] = StepSample(
-                    int(sampled.token_ids[i]), float(sampled.logprobs[i]), top
-                )
+        if out.cohort is not None:
+            hidden, seqs = run_layered_step(
+                self.model, self.kv_caches, out, self.stash, self.block_size, self.device
+            )
+            self.layer_groups_run += 1
+        else:
+            self.stash.clear()  # a cohort whose members were all aborted never comes back
+            hidden, seqs = self._forward_all_layers(out)
+        results = self._sample(hidden, seqs) if seqs else {}
         self.model_seconds += time.perf_counter() - t0
+        return results
+
+    def _forward_all_layers(self, out: SchedulerOutput) -> tuple[torch.Tensor | None, list]:
+        """Plain step: normed hidden [N, D] of each sampling chunk's last token, and its seqs."""
+        if not out.chunks:
+            return None, []
+        batch = TokenBatch.of(out.chunks)
+        md = batch.metadata(self.block_size, self.device)
+        input_ids, pos = batch.tensors(self.device)
+        hidden = self.model.forward(input_ids, pos, md, self.kv_caches)
+        rows, seqs, end = [], [], 0
+        for chunk in out.chunks:
+            end += chunk.num_tokens
+            if chunk.samples:
+                rows.append(end - 1)
+                seqs.append(chunk.seq)
+        if not rows:
+            return None, []
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        return hidden.index_select(0, index), seqs
+
+    def _sample(self, hidden: torch.Tensor, seqs: list[Sequence]) -> dict[int, StepSample]:
+        logits = self.model.compute_logits(hidden)
+        self._ban_early_stops(logits, seqs)
+        params = [s.params for s in seqs]
+        gens = [self._generators.get(s.seq_id, self.default_generator) for s in seqs]
+        sampled = self.sampler.sample(logits, params, gens)
+        results: dict[int, StepSample] = {}
+        for i, seq in enumerate(seqs):
+            top = sampled.top_logprobs[i] if sampled.top_logprobs is not None else None
+            results[seq.seq_id] = StepSample(
+                int(sampled.token_ids[i]), float(sampled.logprobs[i]), top
+            )
         return results

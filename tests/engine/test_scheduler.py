@@ -34,7 +34,8 @@ def step(sched: Scheduler, token: int = 7):
 
 def test_config_is_validated_with_actionable_messages():
     with pytest.raises(
-        ValueError, match=r"unknown scheduling policy 'fifo'; choose one of \['chunked'\]"
+        ValueError,
+        match=r"unknown scheduling policy 'fifo'; choose one of \['chunked', 'layered'\]",
     ):
         SchedulerConfig(num_blocks=8, max_model_len=64, policy="fifo")
     with pytest.raises(
