@@ -1,6 +1,6 @@
 """Lamina engine: MoE models over a paged KV cache with continuous batching.
 
-    from lamina_engine import LLM, SamplingParams
+from lamina_engine import LLM, SamplingParams
 """
 
 from lamina_engine.sampling_params import SamplingParams
