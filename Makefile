@@ -32,8 +32,12 @@ lint: $(STAMP)
 e2e: $(STAMP)
 	bash e2e/run.sh
 
+up: $(STAMP)
+	$(VENV)/bin/lamina up
+
 crds: $(STAMP)
 	$(VENV)/bin/lamina-operator crds --output crds/
+	cp crds/*.yaml charts/lamina/crds/
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -87,6 +87,9 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from .settings import SCAN_CLUSTER, needs_cluster_scan
+
+    SCAN_CLUSTER["enabled"] = needs_cluster_scan(args.all_namespaces, args.namespace)
     kopf.configure(verbose=args.verbose)
     kopf.run(
         clusterwide=args.all_namespaces,

@@ -16,8 +16,18 @@ import kopf
 
 from .constants import FINALIZER, PEERING_NAME, PROGRESS_PREFIX
 
+# Set by `lamina-operator run` before kopf starts: scanning lists namespaces and CRDs
+# cluster-wide, which a namespaced install's Role does not (and should not) allow.
+SCAN_CLUSTER = {"enabled": True}
+
+
+def needs_cluster_scan(all_namespaces: bool, namespaces: list[str]) -> bool:
+    """Only --all-namespaces or glob patterns need kopf to discover namespaces."""
+    return all_namespaces or any(ch in ns for ns in namespaces for ch in "*?[!")
+
 
 def configure(settings: kopf.OperatorSettings) -> None:
+    settings.scanning.disabled = not SCAN_CLUSTER["enabled"]
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PROGRESS_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
