@@ -9,6 +9,8 @@ STAMP  := $(VENV)/.installed-stamp
 # operator/ is a folder at the repo root; never let Python put the cwd on sys.path, or the
 # folder would shadow the standard library's `operator` module.
 export PYTHONSAFEPATH := 1
+# helm and the kube-apiserver build are cached per user, so a fresh clone reuses them.
+export LAMINA_E2E_CACHE ?= $(HOME)/.cache/lamina/e2e
 
 .PHONY: install test test-fast lint e2e up crds clean
 
@@ -25,6 +27,9 @@ $(STAMP): pyproject.toml setup.py
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q tests
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,7 @@ LAYERS = {"engine": "lamina_engine", "operator": "lamina_operator"}
 packages, package_dir = [], {}
 for folder, name in LAYERS.items():
     for pkg in find_packages(include=[folder, f"{folder}.*"]):
-        mapped = name + pkg[len(folder):]
+        mapped = name + pkg[len(folder) :]
         packages.append(mapped)
         package_dir[mapped] = pkg.replace(".", "/")
 

@@ -62,10 +62,14 @@ tree="$(find "$src" -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)"
 if [ -z "$tree" ]; then
     if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ \
         && ! grep -rqs '^deb-src .*bookworm' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        log "adding deb-src entry for bookworm main"
-        cat >/etc/apt/sources.list.d/lamina-deb-src.sources <<'EOF'
+        # Reuse the mirror apt already uses for binary packages (first URIs/deb line).
+        mirror="$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk 'NR==1{print $2}')"
+        [ -n "$mirror" ] || mirror="$(grep -hm1 '^deb .* bookworm ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}')"
+        [ -n "$mirror" ] || { echo "build_control_plane: no Debian mirror found in apt's sources" >&2; exit 1; }
+        log "adding deb-src entry for bookworm main ($mirror)"
+        cat >/etc/apt/sources.list.d/lamina-deb-src.sources <<EOF
 Types: deb-src
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: bookworm
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

@@ -22,6 +22,33 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-gpu-blocks", type=int, default=None)
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument(
+        "--speed-prefill-layers",
+        type=_layers_or_fraction,
+        default=None,
+        help="SPEED: layers prompt tokens run (a count like 24, or a fraction like 0.75); "
+        "off unless given or set in the model's config.json",
+    )
+    p.add_argument(
+        "--speed-anchors", type=int, default=1, help="SPEED: leading prompt tokens at full depth"
+    )
+
+
+def _layers_or_fraction(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a layer count (24) or a fraction (0.75), got {text!r}"
+            ) from None
+
+
+def _speed_setting(args: argparse.Namespace) -> dict | None:
+    k = getattr(args, "speed_prefill_layers", None)
+    return None if k is None else {"prefill_layers": k, "anchors": args.speed_anchors}
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -39,6 +66,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
         block_size=args.block_size,
         num_gpu_blocks=args.num_gpu_blocks,
         max_model_len=args.max_model_len,
+        speed=_speed_setting(args),
     )
 
 
@@ -79,9 +107,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.which == "engine":
+        from lamina_engine.bench import engine_bench
+
+        return engine_bench.main(args.rest)
+    if args.which == "serve":
+        from lamina_engine.bench import serve_bench
+
+        return serve_bench.main(args.rest)
     from lamina_engine.bench import vs_hf
 
-    return {"vs-hf": vs_hf.main}[args.which](args.rest)
+    return vs_hf.main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,9 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     g.set_defaults(func=cmd_generate)
     b = sub.add_parser("bench", help="run a benchmark (see docs/benchmarks.md)")
-    b.add_argument("which", choices=["vs-hf"], help="vs-hf: throughput against HF generate()")
+    b.add_argument(
+        "which",
+        choices=["vs-hf", "engine", "serve"],
+        help="vs-hf: throughput against HF generate(); engine: workload replay on a simulated "
+        "clock (layered vs chunked, SPEED); serve: load a running OpenAI endpoint (wall clock)",
+    )
     b.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own flags")
     b.set_defaults(func=cmd_bench)
+    from lamina_engine.serving.commands import register as register_serving
+
+    register_serving(sub)  # serve, up
     return parser
 
 

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lamina_engine.speed import SpeedConfig
+
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -49,6 +51,11 @@ class EngineConfig(BaseModel):
         None, ge=1, description="Longest prompt + output; default: the model's context."
     )
     enable_prefix_caching: bool = True
+    speed: SpeedConfig | None = Field(
+        None,
+        description="SPEED (shallow prefill, deep decode), e.g. {'prefill_layers': 0.75, "
+        "'anchors': 1}; default: off, or the checkpoint config's SPEED keys.",
+    )
     seed: int = Field(0, description="Seed of the engine-wide generator (unseeded requests).")
 
     def resolved_device(self) -> str:

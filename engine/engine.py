@@ -16,12 +16,15 @@ import torch
 
 from lamina_engine.config import EngineConfig
 from lamina_engine.core.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from lamina_engine.core.speed import prompt_layer_tokens
 from lamina_engine.detokenizer import IncrementalDetokenizer
 from lamina_engine.models import CausalLM
-from lamina_engine.outputs import EngineStats, RequestMetrics, RequestOutput
+from lamina_engine.outputs import EngineStats, RequestMetrics, RequestOutput, StepRecord
 from lamina_engine.runner.model_runner import ModelRunner, StepSample, kv_bytes_per_block
+from lamina_engine.runner.speed import kv_bytes_held
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.sequence import Sequence
+from lamina_engine.speed import resolve_speed
 from lamina_engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,9 @@ class Engine:
             config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings
         )
         dtype = next(self.model.parameters()).dtype
+        # SPEED (off unless set or carried by config.json). Blocks are sized as without it:
+        # the upper layers' pool is smaller, so SPEED never uses more memory than full depth.
+        self.speed = resolve_speed(config.speed, config.model, mc.num_layers)
         num_blocks = config.num_gpu_blocks or self._blocks_from_memory(device, dtype)
         self.scheduler = Scheduler(
             SchedulerConfig(
@@ -70,10 +76,13 @@ class Engine:
                 layered_budget=config.layered_budget,
                 layered_max_groups=config.layered_max_groups,
                 layered_group_tokens=config.layered_group_tokens,
-                num_layers=mc.num_layers,
+                num_layers=mc.num_layers if self.speed is None else self.speed.prefill_layers,
+                speed=self.speed,
             )
         )
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, seed=config.seed)
+        self.runner = ModelRunner(
+            self.model, num_blocks, config.block_size, seed=config.seed, speed=self.speed
+        )
         self.num_blocks = num_blocks
         self.eos_token_ids: frozenset[int] = frozenset(
             self.tokenizer.eos_token_ids if self.tokenizer else mc.eos_token_ids
@@ -82,6 +91,10 @@ class Engine:
         self._requests: dict[str, _Request] = {}
         self._by_seq: dict[int, _Request] = {}
         self._expert_mark = (0, 0)
+        # Prefill role (serving/): called as hook(request_id, seq) when a request finishes
+        # normally, before its blocks are freed, so its prompt KV can be exported.
+        self.kv_export_hook = None
+        self.last_schedule: SchedulerOutput | None = None  # the step just run
 
     # ---------------------------------------------------------------- admission
     def _blocks_from_memory(self, device: str, dtype: torch.dtype) -> int:
@@ -150,6 +163,79 @@ class Engine:
             raise InvalidRequest("the prompt is empty: give at least one token")
         return ids
 
+    def add_prefilled_request(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        first_token: int,
+        kv_groups: list[tuple[int, torch.Tensor]],
+    ) -> RequestOutput | None:
+        """Queue a request whose prompt KV a prefill pod computed: `kv_groups` holds
+        (layer_start, KV [2, L, T, Hkv*D]) covering every layer and all T prompt positions
+        (with SPEED: layers [0, K) so, and one group [K, L) of the F full-depth prompt tokens'
+        upper slots, [2, L - K, F, Hkv*D]), and `first_token` is the token the prefill sampled. It continues as a decode. Returns None,
+        with nothing queued, when its blocks do not fit now (the caller recomputes instead);
+        raises ValueError when the KV does not match this model."""
+        from lamina_engine.runner import kv_io
+
+        ids = self._encode(list(prompt_ids))
+        if params.logprobs is not None or params.min_tokens > 1:
+            raise ValueError("logprobs and min_tokens > 1 need the prompt computed here")
+        if request_id in self._requests:
+            raise InvalidRequest(f"request id {request_id!r} is already in flight")
+        mc, dtype = self.model.config, self.runner.dtype
+        k = mc.num_layers if self.speed is None else self.speed.prefill_layers
+        full = len(ids) if self.speed is None else self.speed.num_upper(len(ids), len(ids))
+        width, layer = mc.num_kv_heads * mc.head_dim, 0
+        for start, kv in sorted(kv_groups, key=lambda g: g[0]):
+            tokens = len(ids) if start < k else full  # a group may not straddle K
+            shape_ok = kv.dim() == 4 and kv.shape[0] == 2 and kv.shape[2:] == (tokens, width)
+            shape_ok = shape_ok and (start >= k or start + kv.shape[1] <= k)
+            if start != layer or not shape_ok or kv.dtype != dtype:
+                raise ValueError(
+                    f"received KV (layer {start}, shape {tuple(kv.shape)}, {kv.dtype}) does not "
+                    f"continue layer {layer} of [2, L, {tokens}, {width}] {dtype} (SPEED "
+                    f"cutoff K={k}: the prefill and decode pods must run the same SPEED setting)"
+                )
+            layer += kv.shape[1]
+        if layer != mc.num_layers:
+            raise ValueError(f"received KV covers {layer} of {mc.num_layers} layers")
+        if any(t < 0 or t >= mc.vocab_size for t in (*ids, first_token)):
+            raise ValueError(f"prompt and first token ids must be in [0, {mc.vocab_size})")
+        seq = Sequence(ids, params, arrival_time=time.perf_counter())
+        try:
+            if not self.scheduler.add_prefilled(seq):
+                return None
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        hit = seq.num_cached_tokens  # prefix-cache hits already hold this KV: leave them be
+        for start, kv in kv_groups:
+            if start >= k:  # SPEED upper slots [0, F): private to the sequence, never hits
+                kv_io.scatter_kv(self.runner.kv_caches, seq.upper_block_table, start, kv)
+            else:
+                kv_io.scatter_kv(self.runner.kv_caches, seq.block_table, start, kv[:, :, hit:], hit)
+        seq.append_token(first_token)
+        out = RequestOutput(request_id, None, list(ids), metrics=RequestMetrics(seq.arrival_time))
+        out.metrics.first_scheduled_time = seq.arrival_time
+        detok = None
+        if self.tokenizer is not None:
+            detok = IncrementalDetokenizer.from_params(self.tokenizer, params, ids)
+        req = _Request(request_id, seq, out, detok, params, frozenset(params.stop_token_ids))
+        self._requests[request_id] = req
+        self._by_seq[seq.seq_id] = req
+        self.runner.add_request(seq.seq_id, params.seed)
+        gen = self.runner._generators.get(seq.seq_id)
+        if gen is not None and not params.is_greedy:
+            # The prefill pod's first draw consumed V uniforms of this seed: skip them too.
+            torch.empty(mc.vocab_size, device=gen.device).uniform_(generator=gen)
+        self._on_token(req, StepSample(int(first_token), 0.0, None), time.perf_counter())
+        return out
+
+    def request_id_of(self, seq_id: int) -> str | None:
+        req = self._by_seq.get(seq_id)
+        return None if req is None else req.request_id
+
     def abort(self, request_id: str) -> None:
         req = self._requests.get(request_id)
         if req is not None:
@@ -170,8 +256,9 @@ class Engine:
             if m.first_scheduled_time is None:
                 m.first_scheduled_time = now
         samples = self.runner.execute(out)
+        self.last_schedule = out  # serving/ ships a layered cohort's KV group by group
         self.scheduler.postprocess(out, {sid: s.token_id for sid, s in samples.items()})
-        self._count(out)
+        self._count(out, len(samples))
         now = time.perf_counter()
         changed = []
         for seq_id, sample in samples.items():
@@ -180,8 +267,10 @@ class Engine:
             changed.append(req.output)
         return changed
 
-    def _count(self, out: SchedulerOutput) -> None:
+    def _count(self, out: SchedulerOutput, num_sampled: int = 0) -> None:
         s = self.stats
+        before = (s.prefill_tokens, s.decode_tokens, s.expert_loads, s.expert_bytes_loaded)
+        seconds_before, layer_tokens_before = s.model_seconds, s.prompt_layer_tokens
         s.steps += 1
         s.preemptions += len(out.preempted)
         # A layered cohort's prompt tokens count once, at their last layer group.
@@ -190,10 +279,41 @@ class Engine:
                 s.decode_tokens += 1
             else:
                 s.prefill_tokens += c.num_tokens
+        s.prompt_layer_tokens += prompt_layer_tokens(
+            out.computed_chunks, self.model.config.num_layers, self.speed
+        )
         es = self.model.expert_stats
         s.expert_loads, s.expert_bytes_loaded = es.experts_loaded, es.bytes_loaded
         s.model_seconds = self.runner.model_seconds
         s.layer_groups_run = self.runner.layer_groups_run
+        kv_held = kv_bytes_held(self.scheduler.block_manager, self.runner.kv_caches)
+        s.peak_kv_bytes = max(s.peak_kv_bytes, kv_held)
+        if s.step_records is None:
+            return
+        token_layers, pairs, kv_read = _step_work(out, self.model.config.num_layers)
+        cohort = out.cohort
+        s.step_records.append(
+            StepRecord(
+                index=s.steps,
+                model_seconds=s.model_seconds - seconds_before,
+                prefill_tokens=s.prefill_tokens - before[0],
+                decode_tokens=s.decode_tokens - before[1],
+                scheduled_tokens=out.num_batched_tokens,
+                token_layers=token_layers,
+                attention_pairs=pairs,
+                kv_tokens_read=kv_read,
+                prompt_layer_tokens=s.prompt_layer_tokens - layer_tokens_before,
+                layer_group=None if cohort is None else cohort.group,
+                num_groups=0 if cohort is None else cohort.num_groups,
+                tokens_sampled=num_sampled,
+                expert_loads=s.expert_loads - before[2],
+                expert_bytes=s.expert_bytes_loaded - before[3],
+                kv_bytes_held=kv_held,
+                num_running=self.scheduler.num_running,
+                num_waiting=self.scheduler.num_waiting,
+                preempted=len(out.preempted),
+            )
+        )
 
     def _on_token(self, req: _Request, sample: StepSample, now: float) -> None:
         out, p, tok = req.output, req.params, sample.token_id
@@ -231,12 +351,32 @@ class Engine:
         out.metrics.finished_time = time.perf_counter()
         if req.detok is not None:
             out.text = req.detok.final_text()
+        if self.kv_export_hook is not None and reason in ("stop", "length"):
+            self.kv_export_hook(req.request_id, req.seq)
         if not req.seq.is_finished:
             self.scheduler.finish(req.seq, reason)
         self.runner.remove_request(req.seq.seq_id)
         del self._requests[req.request_id]
         del self._by_seq[req.seq.seq_id]
         self.stats.requests_finished += 1
+
+
+def _step_work(out: SchedulerOutput, num_layers: int) -> tuple[int, int, int]:
+    """Work of one step, summed over the layers each chunk runs: (tokens, (query, key) pairs
+    attended, cached KV tokens read). Full-depth chunks run every layer; a layered cohort only
+    its group's. A chunk of n tokens from position p attends n*p + n*(n+1)/2 pairs per layer
+    (causal) and reads the p + n tokens of KV it attends to once per layer.
+    """
+    runs = [(c, num_layers) for c in out.chunks]
+    if out.cohort is not None:
+        depth = out.cohort.layer_end - out.cohort.layer_start
+        runs += [(c, depth) for c in out.cohort.chunks]
+    tokens = sum(c.num_tokens * d for c, d in runs)
+    pairs = sum(
+        (c.num_tokens * c.start + c.num_tokens * (c.num_tokens + 1) // 2) * d for c, d in runs
+    )
+    kv_read = sum((c.start + c.num_tokens) * d for c, d in runs)
+    return tokens, pairs, kv_read
 
 
 def _checkpoint_dtype(path: str) -> str | None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+
+# Step records kept by default: enough for a benchmark that reads each record right after its
+# step, small enough (~200 B each) that a long-running server's memory stays flat.
+DEFAULT_STEP_RECORDS = 1024
 
 
 @dataclass
@@ -51,8 +56,41 @@ class RequestOutput:
 
 
 @dataclass
+class StepRecord:
+    """What one engine step did: its batch, its model time and the traffic it caused.
+
+    Token counts follow EngineStats: a prompt token counts as prefill once, when its KV exists
+    in every layer (for a layered cohort: in the step of its last group). `token_layers`,
+    `attention_pairs` and `kv_tokens_read` count the work actually run in this step, group by group, for cost models.
+    """
+
+    index: int  # 1-based: equals EngineStats.steps after this step
+    model_seconds: float  # wall time of the model forward + sampling in this step
+    prefill_tokens: int  # prompt tokens whose KV became complete in this step
+    decode_tokens: int  # one-token decode chunks run in this step
+    scheduled_tokens: int  # tokens in the batch (full-depth chunks + the cohort group)
+    token_layers: int  # sum over tokens run of the layers each ran through
+    attention_pairs: int  # sum over layers run of (query, cached key) pairs attended
+    kv_tokens_read: int  # sum over layers run of the cached tokens each chunk's attention reads
+    prompt_layer_tokens: int  # prompt tokens x layers they ran, counted when computed (SPEED-aware)
+    layer_group: int | None  # layered prefill: the cohort's group g this step, else None
+    num_groups: int  # G of the cohort in flight (0 without one)
+    tokens_sampled: int  # output tokens produced
+    expert_loads: int  # experts with >= 1 token, summed over this step's MoE calls
+    expert_bytes: int  # their weight bytes
+    kv_bytes_held: int  # KV-cache bytes in allocated blocks after the step
+    num_running: int  # sequences running after the step
+    num_waiting: int  # sequences waiting after the step
+    preempted: int  # sequences preempted by this step's schedule
+
+
+@dataclass
 class EngineStats:
-    """Cumulative counters; benchmarks diff two snapshots."""
+    """Cumulative counters; benchmarks diff two snapshots.
+
+    `step_records` keeps the latest steps (bounded; None turns recording off); a benchmark
+    reads `step_records[-1]` after each step to keep the whole history.
+    """
 
     steps: int = 0
     prefill_tokens: int = 0
@@ -63,6 +101,15 @@ class EngineStats:
     expert_bytes_loaded: int = 0  # expert_loads x bytes per expert
     model_seconds: float = 0.0  # time spent in the model forward + sampling
     layer_groups_run: int = 0  # layered prefill: cohort layer groups executed
+    peak_kv_bytes: int = 0  # most KV-cache bytes held in allocated blocks after any step
+    # sum over computed prompt tokens of the layers each ran (SPEED: K, or L if full depth)
+    prompt_layer_tokens: int = 0
+    step_records: deque[StepRecord] | None = field(
+        default_factory=lambda: deque(maxlen=DEFAULT_STEP_RECORDS)
+    )
 
     def snapshot(self) -> EngineStats:
-        return EngineStats(**self.__dict__)
+        fields = dict(self.__dict__)
+        if self.step_records is not None:
+            fields["step_records"] = deque(self.step_records, maxlen=self.step_records.maxlen)
+        return EngineStats(**fields)

@@ -55,6 +55,8 @@ class Sequence:
         self.num_cached_tokens = 0
         # block ids into the KV cache: token p lives in block_table[p // block_size]
         self.block_table: list[int] = []
+        # SPEED only: upper-layer blocks; the j-th full-depth token lives in slot j (core/speed.py)
+        self.upper_block_table: list[int] = []
 
     def __repr__(self) -> str:
         return (

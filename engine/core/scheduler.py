@@ -21,6 +21,7 @@ from .block_manager import BlockManager
 from .layered import LayeredPolicy
 from .output import CohortStep, ScheduledChunk, SchedulerOutput
 from .policies import ChunkedPolicy, SchedulerState, SchedulingPolicy
+from .speed import SpeedBlockManager, SpeedLayout
 
 __all__ = [
     "POLICIES",
@@ -64,11 +65,13 @@ class SchedulerConfig:
     enable_prefix_caching: bool = True
     policy: str = "chunked"  # a key of POLICIES
     # layered policy: B, the most prompt tokens in one cohort; Gmax; the per-group work size u
-    # behind the G buckets (T <= u, 2u, 4u, 8u -> 1, 2, 4, 8 groups); the model's layer count.
+    # behind the G buckets (T <= u, 2u, 4u, 8u -> 1, 2, 4, 8 groups); the model's layer count
+    # (with SPEED: K, since a cohort's groups split the lower layers [0, K) only).
     layered_budget: int = 8192
     layered_max_groups: int = 16
     layered_group_tokens: int = 512
     num_layers: int | None = None
+    speed: SpeedLayout | None = None  # SPEED: two KV pools, full-depth tokens (core/speed.py)
 
     def __post_init__(self) -> None:
         names = ("num_blocks", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
@@ -88,6 +91,14 @@ class SchedulerConfig:
             raise ValueError(
                 f"unknown scheduling policy {self.policy!r}; choose one of {sorted(POLICIES)}"
             )
+        if self.speed is not None:
+            k = self.speed.prefill_layers
+            if self.num_layers not in (None, k):
+                raise ValueError(
+                    f"with SPEED, num_layers is the layers the layered policy splits into groups, "
+                    f"the lower K = {k}; got {self.num_layers}"
+                )
+            self.num_layers = k
         if self.policy == LayeredPolicy.name and (self.num_layers is None or self.num_layers < 1):
             raise ValueError(
                 f"the layered policy splits the model's layers into groups: set num_layers "
@@ -98,8 +109,9 @@ class SchedulerConfig:
 class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
-        self.block_manager = BlockManager(
-            config.num_blocks, config.block_size, config.enable_prefix_caching
+        args = (config.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager = (
+            BlockManager(*args) if config.speed is None else SpeedBlockManager(config.speed, *args)
         )
         self.state = SchedulerState(config, self.block_manager)
         self.policy = make_policy(config.policy)
@@ -149,6 +161,26 @@ class Scheduler:
         self._live[seq.seq_id] = seq
         self.state.waiting.append(seq)
 
+    def add_prefilled(self, seq: Sequence) -> bool:
+        """Admit new `seq` straight into the running set with its prompt computed elsewhere
+        (disaggregated decode): blocks for the prompt, `num_computed_tokens` = prompt length.
+        The caller writes the prompt's KV into `seq.block_table` (positions from
+        `seq.num_cached_tokens` on: earlier ones are prefix-cache hits) before the next step
+        and appends the first token. False, with nothing changed, when it does not fit now."""
+        self.check_admissible(seq)
+        if seq.seq_id in self._live or seq.status is not SequenceStatus.WAITING:
+            raise ValueError(f"only new sequences can be added, got {seq}")
+        running_full = len(self.state.running) >= self.config.max_num_seqs
+        if running_full or not self.block_manager.can_allocate(seq):
+            return False
+        self.block_manager.allocate(seq)
+        seq.num_computed_tokens = seq.num_tokens
+        seq.status = SequenceStatus.RUNNING
+        self.block_manager.cache_blocks(seq)
+        self._live[seq.seq_id] = seq
+        self.state.running.append(seq)
+        return True
+
     def check_admissible(self, seq: Sequence) -> None:
         cfg = self.config
         n = seq.num_prompt_tokens
@@ -172,6 +204,10 @@ class Scheduler:
                 f"{blocks} blocks of {cfg.block_size}, but the whole KV cache has "
                 f"{cfg.num_blocks} blocks ({limit} tokens); shorten the prompt or lower max_tokens"
             )
+        if isinstance(self.block_manager, SpeedBlockManager):
+            reason = self.block_manager.upper_shortfall(seq, total)
+            if reason is not None:
+                raise RequestRejectedError(reason)
 
     # ---- steps -----------------------------------------------------------------------------
 

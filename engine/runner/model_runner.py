@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from lamina_engine.core.scheduler import SchedulerOutput
+from lamina_engine.core.speed import SpeedLayout
 from lamina_engine.models import CausalLM, allocate_kv_caches
 from lamina_engine.runner.layered import CohortStash, TokenBatch, run_layered_step
+from lamina_engine.runner.speed import allocate_speed_kv_caches, run_speed_step
 from lamina_engine.sampler import Sampler
 from lamina_engine.sequence import Sequence
 
@@ -36,14 +38,28 @@ def kv_bytes_per_block(model: CausalLM, block_size: int, dtype: torch.dtype) -> 
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, seed: int = 0):
+    def __init__(
+        self,
+        model: CausalLM,
+        num_blocks: int,
+        block_size: int,
+        seed: int = 0,
+        speed: SpeedLayout | None = None,
+    ):
         self.model = model
         self.block_size = block_size
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.kv_caches = allocate_kv_caches(
-            model.config, num_blocks, block_size, self.dtype, self.device
-        )
+        # SPEED: layers >= K get the (smaller) upper pool's block count (runner/speed.py)
+        self.speed = speed
+        if speed is None:
+            self.kv_caches = allocate_kv_caches(
+                model.config, num_blocks, block_size, self.dtype, self.device
+            )
+        else:
+            self.kv_caches = allocate_speed_kv_caches(
+                model.config, speed, num_blocks, block_size, self.dtype, self.device
+            )
         self.sampler = Sampler()
         self.default_generator = torch.Generator(device=self.device).manual_seed(seed)
         self._generators: dict[int, torch.Generator] = {}
@@ -76,7 +92,11 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> dict[int, StepSample]:
         """Run one step; returns the sampled token of every chunk that completes its sequence."""
         t0 = time.perf_counter()
-        if out.cohort is not None:
+        if self.speed is not None:
+            args = (self.kv_caches, out, self.stash, self.speed, self.block_size, self.device)
+            hidden, seqs = run_speed_step(self.model, *args)
+            self.layer_groups_run += out.cohort is not None
+        elif out.cohort is not None:
             hidden, seqs = run_layered_step(
                 self.model, self.kv_caches, out, self.stash, self.block_size, self.device
             )

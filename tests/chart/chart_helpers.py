@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "lamina"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 CRD_DIR = REPO / "crds"
-HELM_CACHE = REPO / "e2e" / ".cache" / "bin" / "helm"
+HELM_CACHE = Path(os.environ.get("LAMINA_E2E_CACHE", REPO / "e2e" / ".cache")) / "bin" / "helm"
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,292 @@
+"""The HTTP server of an engine pod (`--role unified|prefill|decode`), FastAPI.
+
+    GET  /health                   200 ready; 503 while loading or draining (kubelet probes)
+    GET  /v1/models                the served model
+    POST /v1/completions           OpenAI; SSE when stream=true
+    POST /v1/chat/completions      OpenAI; SSE when stream=true
+    POST /v1/internal/prefill      prefill role: compute the prompt, ship its KV, return
+    GET  /v1/internal/load         what the router picks by (KV utilisation, batch, role)
+    POST /drain                    stop taking new requests; in-flight ones finish
+    GET  /metrics                  Prometheus
+A decode pod given `kv_transfer` waits (bounded) for that prompt's KV and decodes from it; on
+any failure it recomputes the prompt (lamina_kv_fallback_total).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from lamina_engine.serving import kv_shipping
+from lamina_engine.serving.config import ServeConfig
+from lamina_engine.serving.engine_server import AsyncEngine, PrefilledKV, RequestFailed
+from lamina_engine.serving.errors import install_error_handlers
+from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
+from lamina_engine.serving.prefill import PrefillShipper
+from lamina_engine.serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIError,
+    error_body,
+    prompt_ids,
+    sampling_params,
+)
+from lamina_engine.serving.responses import SSE_DONE, ResponseBuilder
+from lamina_engine.transfer import KVTransferError
+
+log = logging.getLogger(__name__)
+
+
+class EngineServer:
+    """One engine pod. `engine_factory()` builds the Engine (slow: run off the event loop)."""
+
+    def __init__(self, config: ServeConfig, engine_factory, local_store=None) -> None:
+        self.config = config
+        self.metrics = ServerMetrics(config.role)
+        self.engine_factory = engine_factory
+        self.local_store = local_store
+        self.async_engine: AsyncEngine | None = None
+        self.transport = None
+        self.shipper: PrefillShipper | None = None
+        self.draining = False
+        self.load_error: str | None = None
+        # KV handles whose prefill failed (router's notice) -> monotonic time; waiters' events
+        self._kv_aborted: dict[str, float] = {}
+        self._kv_waiters: dict[str, asyncio.Event] = {}
+        self.app = self._build()
+
+    @property
+    def ready(self) -> bool:
+        return self.async_engine is not None and not self.draining
+
+    async def _load(self) -> None:
+        try:
+            engine = await asyncio.to_thread(self.engine_factory)
+            if self.config.role in ("prefill", "decode"):
+                self.transport = kv_shipping.make_transport(self.config, self.local_store)
+            ae = AsyncEngine(engine, self.metrics, self.config.max_layer_groups)
+            if self.config.role == "prefill":
+                mc = engine.model.config
+                self.shipper = PrefillShipper(
+                    self.transport, self.metrics, mc.num_kv_heads, mc.head_dim
+                )
+            ae.start(ship=self.shipper.ship if self.shipper else None)
+            self.async_engine = ae
+        except Exception as exc:  # reported by /health; the pod's probe fails and restarts it
+            log.exception("engine failed to load")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+
+    def _build(self) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(_: FastAPI):
+            task = asyncio.create_task(self._load())
+            yield
+            self.draining = True
+            task.cancel()
+            if self.async_engine is not None:
+                self.async_engine.shutdown()
+            if self.transport is not None:
+                await self.transport.close()
+
+        app = FastAPI(title="Lamina engine", lifespan=lifespan)
+        install_error_handlers(app)
+        app.get("/health")(self.health)
+        app.get("/v1/models")(self.models)
+        app.post("/v1/completions")(self.completions)
+        app.post("/v1/chat/completions")(self.chat)
+        app.post("/v1/internal/prefill")(self.prefill)
+        app.get("/v1/internal/load")(self.load)
+        app.post("/drain")(self.drain)
+        app.post("/v1/internal/kv_abort")(self.kv_abort)
+        app.get("/metrics")(self.prometheus)
+        return app
+
+    # ------------------------------------------------------------------ small endpoints
+    async def health(self) -> JSONResponse:
+        if self.load_error:
+            return JSONResponse(error_body(503, f"engine failed: {self.load_error}"), 503)
+        if self.async_engine is None:
+            return JSONResponse(error_body(503, "loading the model"), 503)
+        if self.draining:
+            return JSONResponse(error_body(503, "draining"), 503)
+        return JSONResponse({"status": "ok", "role": self.config.role})
+
+    async def models(self) -> dict:
+        return {
+            "object": "list",
+            "data": [{"id": self.config.model_name, "object": "model", "owned_by": "lamina",
+                      "created": 0, "root": self.config.model}],
+        }  # fmt: skip
+
+    async def load(self) -> dict:
+        body = {"role": self.config.role, "ready": self.ready, "draining": self.draining}
+        if self.async_engine is not None:
+            body.update(self.async_engine.load())
+        return body
+
+    async def drain(self) -> dict:
+        self.draining = True
+        n = self.async_engine.num_in_flight if self.async_engine else 0
+        return {"draining": True, "in_flight": n}
+
+    async def prometheus(self) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    # ------------------------------------------------------------------ requests
+    def _check_serving(self, model: str) -> AsyncEngine:
+        if self.draining:
+            raise OpenAIError(503, "this server is draining; retry on another", "unavailable")
+        if self.async_engine is None:
+            raise OpenAIError(503, "the model is still loading; retry shortly", "unavailable")
+        if model != self.config.model_name:
+            raise OpenAIError(
+                404, f"The model `{model}` does not exist; this server serves "
+                f"`{self.config.model_name}`", "not_found_error", "model", "model_not_found",
+            )  # fmt: skip
+        return self.async_engine
+
+    def _prompt_ids(self, req) -> list[int]:
+        return prompt_ids(req, self.async_engine.engine.tokenizer)
+
+    async def completions(self, req: CompletionRequest, request: Request):
+        return await self._serve("completions", req, request)
+
+    async def chat(self, req: ChatCompletionRequest, request: Request):
+        return await self._serve("chat", req, request)
+
+    async def _serve(self, kind: str, req, request: Request):
+        ae = self._check_serving(req.model)
+        tok = ae.engine.tokenizer
+        params = sampling_params(req, tok.generation_defaults if tok else {})
+        ids = self._prompt_ids(req)
+        prefix = "cmpl" if kind == "completions" else "chatcmpl"
+        rid = f"{prefix}-{uuid.uuid4().hex}"
+        prefilled = None
+        if req.kv_transfer is not None and self.transport is not None:
+            prefilled = await self._receive_kv(req.kv_transfer.request_id, ids)
+        stream = ae.generate(rid, ids, params, prefilled)
+        try:
+            first = await anext(stream)
+        except RequestFailed as exc:
+            raise OpenAIError(400 if exc.invalid else 500, str(exc)) from None
+        builder = ResponseBuilder(kind, rid, self.config.model_name, tok)
+        builder.return_token_ids = req.return_token_ids
+        if req.stream:
+            usage = req.stream_options is not None and req.stream_options.include_usage
+            return StreamingResponse(
+                self._sse(builder, first, stream, usage), media_type="text/event-stream"
+            )
+        return builder.full(await self._collect(first, stream, request))
+
+    async def _collect(self, out, stream, request: Request):
+        """Run to the end; a client that disconnects meanwhile aborts the request."""
+        try:
+            while not out.finished:
+                nxt = asyncio.ensure_future(anext(stream))
+                while not nxt.done():
+                    await asyncio.wait({nxt}, timeout=0.5)
+                    if not nxt.done() and await request.is_disconnected():
+                        nxt.cancel()
+                        raise OpenAIError(499, "client disconnected")
+                out = nxt.result()
+            return out
+        finally:
+            await stream.aclose()
+
+    async def _sse(self, builder: ResponseBuilder, out, stream, include_usage: bool):
+        try:
+            head = builder.first_chunk()
+            if head:
+                yield head
+            while True:
+                chunk = builder.delta_chunk(out)
+                if chunk:
+                    yield chunk
+                if out.finished:
+                    break
+                out = await anext(stream)
+            if include_usage:
+                yield builder.usage_chunk(out)
+            yield SSE_DONE
+        finally:
+            await stream.aclose()
+
+    async def _receive_kv(self, handle: str, ids: list[int]) -> PrefilledKV | None:
+        ae, cfg = self.async_engine, self.config
+        start = time.perf_counter()
+        aborted = self._kv_waiters.setdefault(handle, asyncio.Event())
+        if handle in self._kv_aborted:
+            aborted.set()
+        engine = ae.engine
+        speed = getattr(engine, "speed", None)
+        receiving = asyncio.ensure_future(
+            kv_shipping.receive(
+                self.transport, handle, len(ids), engine.runner.dtype, cfg.kv_wait_seconds, speed
+            )
+        )
+        notice = asyncio.ensure_future(aborted.wait())
+        try:
+            await asyncio.wait({receiving, notice}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            notice.cancel()
+            self._kv_waiters.pop(handle, None)
+        kv = None
+        if not receiving.done():
+            receiving.cancel()
+            log.warning("prefill of %s failed (router's notice); recomputing the prompt", handle)
+            ae.count_fallback("PrefillFailed")
+        elif isinstance(receiving.exception(), (KVTransferError, ValueError)):
+            exc = receiving.exception()
+            log.warning("KV of %s unusable (%s); recomputing the prompt", handle, exc)
+            ae.count_fallback(type(exc).__name__)
+        else:
+            kv, nbytes = receiving.result()
+        if kv is not None:
+            self.metrics.kv_bytes.labels(cfg.role, "load").inc(nbytes)
+            self.metrics.kv_seconds.labels(cfg.role, "load").observe(time.perf_counter() - start)
+        try:
+            await self.transport.delete(handle)
+        except (KVTransferError, ValueError):
+            pass  # the objects expire by TTL anyway
+        return kv
+
+    async def kv_abort(self, body: dict) -> dict:
+        """The router saw this handle's prefill fail: stop waiting for its KV, recompute."""
+        handle = str(body.get("request_id", ""))
+        now = time.monotonic()
+        ttl = self.config.kv_wait_seconds * 2
+        for h in [h for h, t in self._kv_aborted.items() if now - t > ttl]:
+            del self._kv_aborted[h]
+        self._kv_aborted[handle] = now
+        waiter = self._kv_waiters.get(handle)
+        if waiter is not None:
+            waiter.set()
+        return {"request_id": handle, "waiting": waiter is not None}
+
+    async def prefill(self, body: dict) -> dict:
+        """{"kind": "completions"|"chat", "request": {... "kv_transfer": {"request_id"}}}."""
+        if self.shipper is None:
+            raise OpenAIError(400, f"this is a {self.config.role} server, not a prefill server")
+        kind = body.get("kind")
+        model_cls = {"completions": CompletionRequest, "chat": ChatCompletionRequest}.get(kind)
+        if model_cls is None:
+            raise OpenAIError(400, "kind must be 'completions' or 'chat'", param="kind")
+        try:
+            req = model_cls.model_validate(body.get("request") or {})
+        except ValueError as exc:
+            raise OpenAIError(400, f"invalid request: {exc}", param="request") from None
+        if req.kv_transfer is None:
+            raise OpenAIError(400, "kv_transfer.request_id is required", param="kv_transfer")
+        ae = self._check_serving(req.model)
+        tok = ae.engine.tokenizer
+        params = sampling_params(req, tok.generation_defaults if tok else {})
+        params = dataclasses.replace(params, max_tokens=1, min_tokens=0, logprobs=None)
+        ids, handle = self._prompt_ids(req), req.kv_transfer.request_id
+        return await self.shipper.run(ae, handle, ids, params)

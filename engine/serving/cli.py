@@ -1,0 +1,121 @@
+"""`lamina serve`: build the server of a role and run it under uvicorn.
+
+SIGTERM (Kubernetes stopping the pod) drains: /health turns 503 and new requests are refused at
+once, requests in flight finish (up to `DRAIN_TIMEOUT_S`), then the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+
+import uvicorn
+
+from lamina_engine.serving.config import ServeConfig, config_from
+
+DRAIN_TIMEOUT_S = 60
+
+log = logging.getLogger(__name__)
+
+
+def engine_config(config: ServeConfig):
+    """The EngineConfig of an engine pod."""
+    from lamina_engine.config import EngineConfig
+    from lamina_engine.demo import demo_model_path
+
+    values = dict(
+        model=config.model or str(demo_model_path()),
+        dtype=config.dtype,
+        device=config.device,
+        scheduler=config.scheduling_policy,
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=max(config.token_budget, config.max_num_seqs),
+        layered_budget=config.cohort_token_budget,
+        layered_max_groups=config.max_layer_groups,
+        layered_group_tokens=config.layered_group_tokens,
+        block_size=config.block_size,
+        num_gpu_blocks=config.num_gpu_blocks,
+        max_model_len=config.max_model_len,
+    )
+    if config.speed:
+        from lamina_engine.speed import SpeedConfig
+
+        layers = config.speed_prefill_layers
+        if layers is None and config.speed_prefill_layers_percent is not None:
+            layers = config.speed_prefill_layers_percent / 100.0
+        if layers is None:
+            raise ValueError(
+                "LAMINA_SPEED is on but neither LAMINA_SPEED_PREFILL_LAYERS nor "
+                "LAMINA_SPEED_PREFILL_LAYERS_PERCENT says how deep prompts run; set one"
+            )
+        speed = {"prefill_layers": layers}
+        if config.speed_anchor_tokens is not None:
+            speed["anchors"] = config.speed_anchor_tokens
+        values["speed"] = SpeedConfig(**speed)
+    return EngineConfig(**values)
+
+
+def build_server(config: ServeConfig, local_store=None):
+    """The server object of `config.role` (it has `.app` and `.draining`)."""
+    if config.role == "router":
+        from lamina_engine.serving.router import RouterServer
+
+        return RouterServer(config)
+    from lamina_engine.engine import Engine
+    from lamina_engine.serving.app import EngineServer
+
+    cfg = engine_config(config)
+    return EngineServer(config, lambda: Engine(cfg), local_store=local_store)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server that marks the app draining on the first SIGTERM/SIGINT."""
+
+    def __init__(self, config: uvicorn.Config, target) -> None:
+        super().__init__(config)
+        self.target = target
+
+    def handle_exit(self, sig, frame) -> None:
+        self.target.draining = True
+        super().handle_exit(sig, frame)
+
+
+def make_uvicorn(server, host: str, port: int) -> DrainingServer:
+    cfg = uvicorn.Config(
+        server.app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
+        lifespan="on",
+    )
+    return DrainingServer(cfg, server)
+
+
+def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
+    """Start `server` on a daemon thread (tests, `lamina up`); returns (uvicorn, port)."""
+    uv = make_uvicorn(server, host, port)
+    uv.install_signal_handlers = lambda: None  # only the main thread may install them
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    import time
+
+    while not uv.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the {type(server).__name__} failed to start on {host}:{port}")
+        time.sleep(0.01)
+    sock = uv.servers[0].sockets[0]
+    return uv, thread, sock.getsockname()[1]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.getLogger("lamina_engine").setLevel(logging.INFO)
+    config = config_from(args)
+    server = build_server(config)
+    print(
+        f"lamina serve: {config.role} for {config.model_name} on http://{config.host}:{config.port}",
+        flush=True,
+    )
+    make_uvicorn(server, config.host, config.port).run()
+    return 0

@@ -1,0 +1,307 @@
+"""AsyncEngine: the Engine's step loop on a background thread, token streams on asyncio.
+
+    handler (event loop)                  engine thread
+    generate() --("add", ...)--> commands --> engine.add_request / add_prefilled_request
+    async for out in stream  <-- snapshot --  engine.step() outputs (call_soon_threadsafe)
+    stream closed early -------("abort")--->  engine.abort
+
+Only the engine thread touches the Engine (its KV cache, scheduler and runner are not
+thread-safe). Handlers get copies of each RequestOutput, taken when it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import torch
+
+from lamina_engine.engine import Engine, InvalidRequest
+from lamina_engine.outputs import RequestOutput
+from lamina_engine.runner import kv_io
+from lamina_engine.sampling_params import SamplingParams
+from lamina_engine.serving.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class RequestFailed(RuntimeError):
+    """The engine could not serve a request (`invalid`: the client's fault, a 400)."""
+
+    def __init__(self, message: str, invalid: bool = False) -> None:
+        super().__init__(message)
+        self.invalid = invalid
+
+
+@dataclass
+class PrefilledKV:
+    """A prompt's KV computed elsewhere: (layer_start, [2, L, T, Hkv*D]) groups + first token."""
+
+    first_token: int
+    groups: list[tuple[int, torch.Tensor]]
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    last_tokens: int = 0  # output tokens seen, to time TBT per new token
+
+
+def snapshot(out: RequestOutput) -> RequestOutput:
+    """A copy the engine thread will not mutate further."""
+    return dataclasses.replace(
+        out,
+        token_ids=list(out.token_ids),
+        logprobs=None if out.logprobs is None else list(out.logprobs),
+        top_logprobs=None if out.top_logprobs is None else list(out.top_logprobs),
+    )
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine, metrics: ServerMetrics, kv_groups: int = 1) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.role = metrics.role
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # With SPEED the prompt has KV for every position only below K: the groups split
+        # [0, K), and the upper layers' KV of the full-depth prompt tokens ships last, alone.
+        speed = getattr(engine, "speed", None)
+        num_layers = engine.model.config.num_layers
+        self.lower_layers = num_layers if speed is None else speed.prefill_layers
+        self.kv_layer_groups = kv_io.split_layers(self.lower_layers, kv_groups)
+        # prefill role: ship(request_id, group_index, layer_start, kv, first_token), called on
+        # the engine thread as soon as a layer group's KV [2, L, T, Hkv*D] (CPU) is computed;
+        # the last group carries the first token
+        self.ship = None
+        self._shipped: dict[str, tuple[int, int]] = {}  # request id -> (groups, layers) sent
+        self.groups_shipped_early = 0  # groups shipped while a later group still computed
+        self.fallbacks: dict[str, int] = {}
+        self._marks = (0, 0, 0)  # prefill tokens, decode tokens, expert bytes already counted
+        self._thread = threading.Thread(target=self._run, name="lamina-engine", daemon=True)
+
+    def start(self, ship=None) -> None:
+        if ship is not None:
+            self.ship = ship
+            self.engine.kv_export_hook = self._ship_rest
+        self._thread.start()
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    @property
+    def num_in_flight(self) -> int:
+        with self._lock:
+            return len(self._streams)
+
+    # ------------------------------------------------------------------ handler side
+    async def generate(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        prefilled: PrefilledKV | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield snapshots of the request's output as it changes; the last one is finished.
+        Leaving the iteration early (client gone) aborts the request."""
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            if request_id in self._streams:
+                raise RequestFailed(f"request id {request_id!r} is already in flight", True)
+            self._streams[request_id] = stream
+        self._commands.put(("add", request_id, prompt, params, prefilled))
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, RequestFailed):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            with self._lock:
+                self._streams.pop(request_id, None)
+            if not finished:
+                self.metrics.requests.labels(self.role, "abort").inc()
+                self._commands.put(("abort", request_id))
+                self._wake.set()
+
+    # ------------------------------------------------------------------ engine thread
+    def _send(self, request_id: str, item: RequestOutput | RequestFailed) -> None:
+        with self._lock:
+            stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            busy = self.engine.has_unfinished()
+            if not busy and self._commands.empty():
+                self._wake.wait(0.5)
+                self._wake.clear()
+            self._apply_commands()
+            if self.engine.has_unfinished():
+                steps = self.engine.stats.steps
+                try:
+                    outs = self.engine.step()
+                except Exception as exc:  # a bug or device error: fail what is in flight
+                    log.exception("engine step failed")
+                    self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
+                    continue
+                if self.ship is not None:
+                    self._ship_cohort_group()
+                for out in outs:
+                    self._publish(out)
+                if self.engine.stats.steps == steps:  # nothing could run (e.g. no free blocks)
+                    self._wake.wait(0.005)
+                    self._wake.clear()
+            self._update_gauges()
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] == "abort":
+                self.engine.abort(cmd[1])
+                self._shipped.pop(cmd[1], None)
+                continue
+            _, rid, prompt, params, prefilled = cmd
+            with self._lock:
+                if rid not in self._streams:  # the client left before the engine saw it
+                    continue
+            try:
+                out = self._admit(rid, prompt, params, prefilled)
+            except InvalidRequest as exc:
+                self._send(rid, RequestFailed(str(exc), invalid=True))
+                continue
+            if out.token_ids or out.finished:  # a prefilled request has its first token
+                self._publish(out)
+
+    def _admit(self, rid, prompt, params, prefilled: PrefilledKV | None) -> RequestOutput:
+        if prefilled is not None and isinstance(prompt, list):
+            try:
+                out = self.engine.add_prefilled_request(
+                    rid, prompt, params, prefilled.first_token, prefilled.groups
+                )
+                if out is not None:
+                    return out
+                self.count_fallback("no_free_blocks")
+            except InvalidRequest:
+                raise
+            except ValueError as exc:
+                log.warning("request %s: received KV unusable (%s); recomputing", rid, exc)
+                self.count_fallback("kv_mismatch")
+        return self.engine.add_request(rid, prompt, params)
+
+    def count_fallback(self, reason: str) -> None:
+        self.metrics.kv_fallback.labels(self.role, reason).inc()
+        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+
+    def _publish(self, out: RequestOutput) -> None:
+        with self._lock:
+            stream = self._streams.get(out.request_id)
+        m, role = out.metrics, self.role
+        if stream is not None and m is not None:
+            times = m.token_times
+            if stream.last_tokens == 0 and m.ttft is not None:
+                self.metrics.ttft.labels(role).observe(m.ttft)
+                if m.first_scheduled_time is not None:
+                    self.metrics.queue_time.labels(role).observe(
+                        max(0.0, m.first_scheduled_time - m.arrival_time)
+                    )
+            for a, b in zip(times[max(0, stream.last_tokens - 1) :], times[stream.last_tokens :]):
+                self.metrics.tbt.labels(role).observe(b - a)
+            stream.last_tokens = len(times)
+        if out.finished:
+            self.metrics.requests.labels(role, out.finish_reason or "unknown").inc()
+            if m is not None and m.e2e is not None:
+                self.metrics.e2e.labels(role).observe(m.e2e)
+        self._send(out.request_id, snapshot(out))
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            ids = list(self._streams)
+        for rid in ids:
+            self.engine.abort(rid)
+            self._send(rid, RequestFailed(message))
+
+    def _update_gauges(self) -> None:
+        sched, stats, role = self.engine.scheduler, self.engine.stats, self.role
+        self.metrics.queue_depth.labels(role).set(sched.num_waiting + self._commands.qsize())
+        self.metrics.running.labels(role).set(sched.num_running)
+        self.metrics.kv_util.labels(role).set(sched.kv_usage)
+        pre, dec, exp = self._marks
+        self.metrics.prefill_tokens.labels(role).inc(stats.prefill_tokens - pre)
+        self.metrics.decode_tokens.labels(role).inc(stats.decode_tokens - dec)
+        self.metrics.expert_bytes.labels(role).inc(max(0, stats.expert_bytes_loaded - exp))
+        self._marks = (stats.prefill_tokens, stats.decode_tokens, stats.expert_bytes_loaded)
+
+    def _ship_cohort_group(self) -> None:
+        """Layered prefill: a cohort group just wrote its layers' KV for its members; ship it
+        now, while the next group computes (the last group goes with the first token)."""
+        out = self.engine.last_schedule
+        cohort = out.cohort if out is not None else None
+        if cohort is None or cohort.is_last:
+            return
+        caches = self.engine.runner.kv_caches
+        for chunk in cohort.chunks:
+            seq, n = chunk.seq, chunk.seq.num_prompt_tokens
+            # a prompt cut across cohorts has no whole layer group yet: it ships at the end
+            if seq.is_finished or chunk.start + chunk.num_tokens != n:
+                continue
+            rid = self.engine.request_id_of(seq.seq_id)
+            sent, covered = self._shipped.get(rid, (0, 0))
+            if rid is None or covered != cohort.layer_start:
+                continue
+            kv = kv_io.gather_kv(caches, seq.block_table, cohort.layer_start, cohort.layer_end, n)
+            self.ship(rid, sent, cohort.layer_start, kv.cpu(), None)
+            self._shipped[rid] = (sent + 1, cohort.layer_end)
+            self.groups_shipped_early += 1
+
+    def _ship_rest(self, request_id: str, seq) -> None:
+        """Engine hook at a prefill request's finish, before its blocks are freed: ship the
+        layers not shipped yet, the last group with the first token. With SPEED the last
+        object is layers [K, L) of the F full-depth prompt tokens: upper slots [0, F), compact
+        (core/speed.py), so [2, L - K, F, Hkv*D] rather than all T positions."""
+        sent, covered = self._shipped.pop(request_id, (0, 0))
+        groups = self.kv_layer_groups if covered == 0 else [(covered, self.lower_layers)]
+        caches, n = self.engine.runner.kv_caches, seq.num_prompt_tokens
+        # (block table, layer start, layer end, tokens) of each object still to ship
+        parts = [(seq.block_table, start, end, n) for start, end in groups]
+        speed = getattr(self.engine, "speed", None)
+        num_layers = self.engine.model.config.num_layers
+        if speed is not None and speed.has_upper:
+            full = speed.num_upper(n, n)
+            parts.append((seq.upper_block_table, speed.prefill_layers, num_layers, full))
+        first = seq.output_token_ids[0]
+        for i, (table, start, end, tokens) in enumerate(parts):
+            kv = kv_io.gather_kv(caches, table, start, end, tokens).cpu()
+            self.ship(request_id, sent + i, start, kv, first if i == len(parts) - 1 else None)
+
+    def load(self) -> dict:
+        """What the router reads to pick a decode pod (cheap; read without the engine lock)."""
+        sched = self.engine.scheduler
+        return {
+            "kv_usage": sched.kv_usage,
+            "running": sched.num_running,
+            "waiting": sched.num_waiting + self._commands.qsize(),
+            "in_flight": self.num_in_flight,
+        }

@@ -1,0 +1,121 @@
+"""Prompt KV between a prefill pod and a decode pod, over a KVTransport (DESIGN.md §3.7).
+
+Prefill side: `publish_group` encodes one layer group [2, L, T, Hkv*D] with the wire format and
+puts it, as soon as the group is computed; the last group carries the first sampled token.
+Decode side: `receive` waits for groups 0, 1, ... (each wait bounded by what is left of one
+deadline) until the group flagged last, checks each against the prompt, and returns them.
+With SPEED (cutoff K) the groups below K hold every prompt position, and one last object from
+K holds the upper-layer KV of the F full-depth prompt tokens only (their compact upper slots
+[0, F), core/speed.py), so about K/L of the full-depth bytes ship. Anything wrong raises
+KVTransferError or ValueError, and the caller recomputes the prompt instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import torch
+
+from lamina_engine.core.speed import SpeedLayout
+from lamina_engine.serving.config import ServeConfig
+from lamina_engine.serving.engine_server import PrefilledKV
+from lamina_engine.transfer import KVMeta, KVTransport, decode_kv, encode_kv
+from lamina_engine.transfer.errors import KVCorrupt, KVTimeout
+
+MAX_GROUPS = 1024  # a stream that never flags `last` is corrupt, not endless
+
+
+def make_transport(config: ServeConfig, local_store=None) -> KVTransport:
+    """The transport named by LAMINA_KV_BACKEND; call it inside the server's event loop."""
+    if config.kv_backend == "redis":
+        from lamina_engine.transfer import RedisKVTransport
+
+        password = config.kv_redis_password
+        return RedisKVTransport.from_url(
+            config.kv_redis_url,
+            deployment=config.deployment,
+            ttl_s=config.kv_ttl_seconds,
+            password=password.get_secret_value() if password else None,
+            socket_timeout_s=max(1.0, min(30.0, config.kv_wait_seconds)),
+        )
+    if config.kv_backend == "local":
+        from lamina_engine.transfer import LocalKVTransport
+
+        return LocalKVTransport(config.deployment, store=local_store, ttl_s=config.kv_ttl_seconds)
+    raise ValueError(
+        "LAMINA_KV_BACKEND=nixl is not available in this build; use redis (or local for a "
+        "single process)"
+    )
+
+
+async def publish_group(
+    transport: KVTransport,
+    request_id: str,
+    group: int,
+    layer_start: int,
+    kv: torch.Tensor,
+    first_token: int | None,
+    num_kv_heads: int,
+    head_dim: int,
+) -> int:
+    """Put one layer group, KV [2, L, T, Hkv*D] of prompt positions [0, T) (SPEED's upper
+    object: of upper slots [0, F)); the last group of a request passes the first token.
+    Returns the bytes shipped."""
+    last = first_token is not None
+    meta = KVMeta(
+        dtype=kv.dtype,
+        layer_start=layer_start,
+        num_layers=kv.shape[1],
+        token_start=0,
+        num_tokens=kv.shape[2],
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        last=last,
+        first_token=first_token,
+    )
+    # checksumming a large blob takes milliseconds: keep it off the event loop
+    blob = await asyncio.to_thread(encode_kv, kv, meta)
+    await transport.put(request_id, group, blob, last=last, first_token=first_token)
+    return len(blob)
+
+
+async def receive(
+    transport: KVTransport,
+    request_id: str,
+    num_prompt_tokens: int,
+    dtype: torch.dtype,
+    deadline_s: float,
+    speed: SpeedLayout | None = None,
+) -> tuple[PrefilledKV, int]:
+    """Wait for the request's groups; returns them and the bytes received. `speed` is this
+    decode pod's SPEED layout: groups from its K on hold the full-depth prompt tokens only."""
+    k = None if speed is None else speed.prefill_layers
+    full = None if speed is None else speed.num_upper(num_prompt_tokens, num_prompt_tokens)
+    end = time.monotonic() + deadline_s
+    groups: list[tuple[int, torch.Tensor]] = []
+    total = 0
+    for g in range(MAX_GROUPS):
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise KVTimeout(f"KV of request {request_id!r} incomplete after {deadline_s:.1f} s")
+        blob = await transport.wait_group(request_id, g, remaining)
+        meta, tensor = decode_kv(blob)
+        total += len(blob)
+        upper = k is not None and meta.layer_start >= k
+        want = full if upper else num_prompt_tokens
+        if meta.token_start != 0 or meta.num_tokens != want:
+            what = "SPEED full-depth prompt tokens" if upper else "prompt tokens"
+            raise KVCorrupt(
+                f"KV group {g} of {request_id!r} (layers from {meta.layer_start}) holds tokens "
+                f"[{meta.token_start}, {meta.token_start + meta.num_tokens}), the {what} here "
+                f"are {want}; do the prefill and decode pods run the same SPEED setting?"
+            )
+        if meta.dtype != dtype:
+            raise KVCorrupt(f"KV group {g} is {meta.dtype}, this decode pod runs {dtype}")
+        groups.append((meta.layer_start, tensor))
+        if meta.last:
+            if meta.first_token is None:
+                raise KVCorrupt(f"the last KV group of {request_id!r} carries no first token")
+            return PrefilledKV(meta.first_token, groups), total
+    raise KVCorrupt(f"KV of request {request_id!r} never flagged its last group")

@@ -1,0 +1,84 @@
+"""Prometheus metrics of one server process (DESIGN.md §6: `lamina_` prefix, base units).
+
+Each server owns its own CollectorRegistry, so several servers in one process (tests, the
+router beside engines) never collide on names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Seconds: from sub-millisecond TBT on a GPU to minute-long CPU requests.
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServerMetrics:
+    """The metrics a server exports; `role` labels every sample of this process."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.registry = r = CollectorRegistry()
+        lbl = ["role"]
+        self.ttft = Histogram(
+            "lamina_request_ttft_seconds", "Time to first token.", lbl, buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.tbt = Histogram(
+            "lamina_request_tbt_seconds", "Time between output tokens.", lbl,
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.e2e = Histogram(
+            "lamina_request_e2e_seconds", "Request latency, arrival to last token.", lbl,
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_time = Histogram(
+            "lamina_request_queue_seconds", "Arrival to first scheduled step.", lbl,
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.requests = Counter(
+            "lamina_requests_total", "Finished requests by finish reason.", ["role", "reason"],
+            registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge("lamina_queue_depth", "Waiting requests.", lbl, registry=r)
+        self.running = Gauge("lamina_running_batch_size", "Running sequences.", lbl, registry=r)
+        self.kv_util = Gauge(
+            "lamina_kv_cache_utilization", "Share of KV blocks in use, 0..1.", lbl, registry=r
+        )
+        self.prefill_tokens = Counter(
+            "lamina_prefill_tokens_total", "Prompt tokens computed.", lbl, registry=r
+        )
+        self.decode_tokens = Counter(
+            "lamina_decode_tokens_total", "Output tokens decoded.", lbl, registry=r
+        )
+        self.expert_bytes = Counter(
+            "lamina_expert_weight_bytes_total", "Expert weight bytes read by MoE layers.", lbl,
+            registry=r,
+        )  # fmt: skip
+        self.kv_bytes = Counter(
+            "lamina_kv_transfer_bytes_total", "KV bytes shipped (prefill) or loaded (decode).",
+            ["role", "direction"], registry=r,
+        )  # fmt: skip
+        self.kv_seconds = Histogram(
+            "lamina_kv_transfer_seconds", "Wall time to publish or load one request's KV.",
+            ["role", "direction"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.kv_fallback = Counter(
+            "lamina_kv_fallback_total", "Requests whose prompt was recomputed locally because "
+            "its KV could not be used.", ["role", "reason"], registry=r,
+        )  # fmt: skip
+        self.router_requests = Counter(
+            "lamina_router_requests_total", "Requests routed, by path.", ["role", "path"],
+            registry=r,
+        )  # fmt: skip
+        self.backends_ready = Gauge(
+            "lamina_router_backends_ready", "Ready backends by kind.", ["role", "kind"],
+            registry=r,
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,164 @@
+"""OpenAI response bodies and SSE chunks, built from the engine's RequestOutput snapshots."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from lamina_engine.outputs import RequestOutput
+from lamina_engine.tokenizer import Tokenizer
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+SSE_DONE = sse("[DONE]")
+
+
+def usage(out: RequestOutput) -> dict[str, int]:
+    p, c = len(out.prompt_token_ids), len(out.token_ids)
+    body = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    if out.num_cached_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": out.num_cached_tokens}
+    return body
+
+
+def finish_reason(out: RequestOutput) -> str | None:
+    if not out.finished:
+        return None
+    return {"abort": "stop", "error": "stop"}.get(out.finish_reason, out.finish_reason)
+
+
+class ResponseBuilder:
+    """Bodies for one request: `kind` is "completions" or "chat"; `start` = first token index
+    of the next chunk (streaming sends each token's logprobs once)."""
+
+    def __init__(self, kind: str, request_id: str, model: str, tokenizer: Tokenizer | None):
+        self.kind, self.id, self.model, self.tok = kind, request_id, model, tokenizer
+        self.created = int(time.time())
+        self.sent_text = ""
+        self.sent_tokens = 0
+        self.return_token_ids = False
+
+    def _token_str(self, token_id: int) -> str:
+        if self.tok is None:
+            return f"token_id:{token_id}"
+        text = self.tok.decode([token_id], skip_special_tokens=False)
+        # A token that is part of a UTF-8 character decodes to U+FFFD alone; name it by id so
+        # distinct tokens stay distinct keys in top_logprobs.
+        return f"token_id:{token_id}" if "\ufffd" in text else text
+
+    def _logprobs(self, out: RequestOutput, start: int) -> Any:
+        if out.logprobs is None:
+            return None
+        ids, lps = out.token_ids[start:], out.logprobs[start:]
+        tops = (out.top_logprobs or [])[start:] if out.top_logprobs is not None else None
+        if self.kind == "completions":
+            top = None
+            if tops is not None:
+                top = [{self._token_str(t): lp for t, lp in d.items()} for d in tops]
+            offsets, pos = [], len(self.sent_text) if start else 0
+            for t in ids:
+                offsets.append(pos)
+                pos += len(self._token_str(t))
+            return {
+                "tokens": [self._token_str(t) for t in ids],
+                "token_logprobs": lps,
+                "top_logprobs": top,
+                "text_offset": offsets,
+            }
+        content = []
+        for i, (t, lp) in enumerate(zip(ids, lps)):
+            s = self._token_str(t)
+            alts = [] if tops is None else tops[i].items()
+            content.append(
+                {
+                    "token": s,
+                    "logprob": lp,
+                    "bytes": list(s.encode()),
+                    "top_logprobs": [
+                        {
+                            "token": (a := self._token_str(k)),
+                            "logprob": v,
+                            "bytes": list(a.encode()),
+                        }
+                        for k, v in alts
+                    ],
+                }
+            )
+        return {"content": content}
+
+    def full(self, out: RequestOutput) -> dict[str, Any]:
+        """The non-streaming response body."""
+        reason = finish_reason(out)
+        if self.kind == "completions":
+            choice = {"index": 0, "text": out.text, "logprobs": self._logprobs(out, 0)}
+            obj = "text_completion"
+        else:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": out.text},
+                "logprobs": self._logprobs(out, 0),
+            }
+            obj = "chat.completion"
+        choice["finish_reason"] = reason
+        choice["stop_reason"] = out.stop_reason
+        if self.return_token_ids:
+            choice["token_ids"] = list(out.token_ids)
+            choice["prompt_token_ids"] = list(out.prompt_token_ids)
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage(out),
+        }
+
+    def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
+        obj = "text_completion" if self.kind == "completions" else "chat.completion.chunk"
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
+
+    def first_chunk(self) -> bytes | None:
+        """Chat streams open with the assistant role."""
+        if self.kind != "chat":
+            return None
+        delta = {"role": "assistant", "content": ""}
+        return sse(
+            self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
+        )
+
+    def delta_chunk(self, out: RequestOutput) -> bytes | None:
+        """The new text (and logprobs) since the last chunk; None when nothing new is due."""
+        text = out.text
+        delta = text[len(self.sent_text) :] if text.startswith(self.sent_text) else ""
+        new_tokens = len(out.token_ids) > self.sent_tokens
+        if not delta and not out.finished and not (new_tokens and out.logprobs is not None):
+            return None
+        lp = self._logprobs(out, self.sent_tokens)
+        self.sent_text += delta
+        self.sent_tokens = len(out.token_ids)
+        reason = finish_reason(out)
+        if self.kind == "completions":
+            choice = {"index": 0, "text": delta, "logprobs": lp, "finish_reason": reason}
+        else:
+            d = {"content": delta} if delta or not out.finished else {}
+            choice = {"index": 0, "delta": d, "logprobs": lp, "finish_reason": reason}
+        if out.finished:
+            choice["stop_reason"] = out.stop_reason
+        return sse(self._chunk(choice))
+
+    def usage_chunk(self, out: RequestOutput) -> bytes:
+        body = self._chunk({})
+        body["choices"] = []
+        body["usage"] = usage(out)
+        return sse(body)
