@@ -30,6 +30,24 @@ RANDOM_CONFIGS: dict[str, dict] = {
         tie_word_embeddings=False,
         decoder_sparse_step=1,
     ),
+    # vs-hf: 123M parameters (82% experts) for the throughput comparison with HF generate().
+    "vs-hf": dict(
+        vocab_size=16000,
+        hidden_size=512,
+        intermediate_size=1536,
+        moe_intermediate_size=256,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        num_experts=32,
+        num_experts_per_tok=4,
+        norm_topk_prob=True,
+        max_position_embeddings=2048,
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+        decoder_sparse_step=1,
+    ),
     # tiny: for tests; a few MiB, every step a few milliseconds on CPU.
     "tiny": dict(
         vocab_size=512,

@@ -2,7 +2,7 @@
 
     lamina bench vs-hf [--requests 64] [--out runs/vs_hf.json]
 
-A randomly initialised Qwen3-MoE (~135M parameters, 94% of them experts) is saved with save_pretrained; 64 requests
+A randomly initialised Qwen3-MoE (123M parameters, 82% of them experts) is saved with save_pretrained; 64 requests
 with seeded prompt lengths 32-512 and output lengths 16-256 run greedy with EOS ignored. HF runs
 them in left-padded batches of 16 (each batch generates to its longest output; only the tokens a
 request asked for count), Lamina with continuous batching and max_num_seqs=16. Token agreement
@@ -20,23 +20,9 @@ from pathlib import Path
 
 import torch
 
-BENCH_CONFIG = dict(
-    vocab_size=16000,
-    hidden_size=512,
-    intermediate_size=1536,
-    moe_intermediate_size=256,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    head_dim=64,
-    num_experts=32,
-    num_experts_per_tok=4,
-    norm_topk_prob=True,
-    max_position_embeddings=2048,
-    initializer_range=0.1,
-    tie_word_embeddings=False,
-    decoder_sparse_step=1,
-)
+from lamina_engine.bench.random_models import RANDOM_CONFIGS
+
+BENCH_CONFIG = RANDOM_CONFIGS["vs-hf"]
 
 
 def make_model(folder: Path, seed: int) -> int:
