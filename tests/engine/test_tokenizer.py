@@ -41,7 +41,7 @@ def _package_files(package: str, sub: str) -> Path:
     __init__ needs pkg_resources, which recent setuptools no longer ship)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{package} is not installed (pip install the dev extra)")
+        pytest.fail(f"{package} is not installed (make install puts it in .venv)")
     return Path(next(iter(spec.submodule_search_locations))) / sub
 
 

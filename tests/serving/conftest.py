@@ -67,7 +67,9 @@ def load_redis_fixture():
 def redis_server():
     rf = load_redis_fixture()
     if not rf.redis_available():
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        pytest.fail(
+            "redis-server is not installed (apt-get install redis-server; make install does)"
+        )
     with rf.RedisServer() as server:
         yield server
 
