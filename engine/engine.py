@@ -15,11 +15,18 @@ from dataclasses import dataclass, field
 import torch
 
 from lamina_engine.config import EngineConfig
-from lamina_engine.core.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from lamina_engine.core.scheduler import (
+    RequestRejectedError,
+    Scheduler,
+    SchedulerConfig,
+    SchedulerOutput,
+)
 from lamina_engine.core.speed import prompt_layer_tokens
 from lamina_engine.detokenizer import IncrementalDetokenizer
 from lamina_engine.models import CausalLM
+from lamina_engine.models.checkpoint import checkpoint_dtype
 from lamina_engine.outputs import EngineStats, RequestMetrics, RequestOutput, StepRecord
+from lamina_engine.prefilled import PrefilledRequests
 from lamina_engine.runner.model_runner import ModelRunner, StepSample, kv_bytes_per_block
 from lamina_engine.runner.speed import kv_bytes_held
 from lamina_engine.sampling_params import SamplingParams
@@ -50,7 +57,7 @@ class Engine:
         device = config.resolved_device()
         self.model = CausalLM.from_pretrained(
             config.model,
-            dtype=config.resolved_dtype(_checkpoint_dtype(config.model)),
+            dtype=config.resolved_dtype(checkpoint_dtype(config.model)),
             device=device,
             progress=progress,
         )
@@ -83,6 +90,7 @@ class Engine:
         self.runner = ModelRunner(
             self.model, num_blocks, config.block_size, seed=config.seed, speed=self.speed
         )
+        self.prefilled = PrefilledRequests(self.scheduler, self.runner.kv_caches, mc, self.speed)
         self.num_blocks = num_blocks
         self.eos_token_ids: frozenset[int] = frozenset(
             self.tokenizer.eos_token_ids if self.tokenizer else mc.eos_token_ids
@@ -115,10 +123,32 @@ class Engine:
     ) -> RequestOutput:
         """Queue one request. Raises InvalidRequest (nothing queued) when it cannot be served."""
         params = params or SamplingParams()
-        if request_id in self._requests:
-            raise InvalidRequest(f"request id {request_id!r} is already in flight")
+        self._check_new(request_id)
+        ids = self._prompt_ids(prompt)
+        seq = Sequence(ids, params, arrival_time=time.perf_counter())
+        try:
+            self.scheduler.add(seq)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
         text = prompt if isinstance(prompt, str) else None
-        ids = self._encode(prompt)
+        return self._register(request_id, seq, text).output
+
+    def _check_new(self, request_id: str) -> None:
+        if request_id in self._requests or request_id in self.prefilled:
+            raise InvalidRequest(f"request id {request_id!r} is already in flight")
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a prompt this engine can serve, else InvalidRequest."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidRequest(
+                    f"{self.config.model} has no tokenizer.json: pass prompts as token ids"
+                )
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise InvalidRequest("the prompt is empty: give at least one token")
         if len(ids) + 1 > self.max_model_len:
             raise InvalidRequest(
                 f"prompt has {len(ids)} tokens; the context is {self.max_model_len} tokens "
@@ -127,12 +157,12 @@ class Engine:
         vocab = self.model.config.vocab_size
         if any(t < 0 or t >= vocab for t in ids):
             raise InvalidRequest(f"prompt token ids must be in [0, {vocab}) for this model")
-        seq = Sequence(ids, params, arrival_time=time.perf_counter())
-        try:
-            self.scheduler.add(seq)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from exc
-        out = RequestOutput(request_id, text, list(ids), metrics=RequestMetrics(seq.arrival_time))
+        return ids
+
+    def _register(self, request_id: str, seq: Sequence, text: str | None) -> _Request:
+        """Track an admitted sequence: its output, detokenizer, stop ids and generator."""
+        params, ids = seq.params, seq.prompt_token_ids
+        out = RequestOutput(request_id, text, ids, metrics=RequestMetrics(seq.arrival_time))
         if params.logprobs is not None:
             out.logprobs = []
             out.top_logprobs = [] if params.logprobs > 0 else None
@@ -148,89 +178,44 @@ class Engine:
             eos = set() if params.ignore_eos else set(self.eos_token_ids)
             banned = sorted((eos | stop_ids) & set(range(self.model.config.vocab_size)))
             self.runner.ban_until_min_tokens(seq.seq_id, banned)
-        return out
+        return req
 
-    def _encode(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise InvalidRequest(
-                    f"{self.config.model} has no tokenizer.json: pass prompts as token ids"
-                )
-            ids = self.tokenizer.encode(prompt)
-        else:
-            ids = [int(t) for t in prompt]
-        if not ids:
-            raise InvalidRequest("the prompt is empty: give at least one token")
-        return ids
-
-    def add_prefilled_request(
-        self,
-        request_id: str,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        first_token: int,
-        kv_groups: list[tuple[int, torch.Tensor]],
-    ) -> RequestOutput | None:
-        """Queue a request whose prompt KV a prefill pod computed: `kv_groups` holds
-        (layer_start, KV [2, L, T, Hkv*D]) covering every layer and all T prompt positions
-        (with SPEED: layers [0, K) so, and one group [K, L) of the F full-depth prompt tokens'
-        upper slots, [2, L - K, F, Hkv*D]), and `first_token` is the token the prefill sampled. It continues as a decode. Returns None,
-        with nothing queued, when its blocks do not fit now (the caller recomputes instead);
-        raises ValueError when the KV does not match this model."""
-        from lamina_engine.runner import kv_io
-
-        ids = self._encode(list(prompt_ids))
-        if params.logprobs is not None or params.min_tokens > 1:
-            raise ValueError("logprobs and min_tokens > 1 need the prompt computed here")
-        if request_id in self._requests:
-            raise InvalidRequest(f"request id {request_id!r} is already in flight")
-        mc, dtype = self.model.config, self.runner.dtype
-        k = mc.num_layers if self.speed is None else self.speed.prefill_layers
-        full = len(ids) if self.speed is None else self.speed.num_upper(len(ids), len(ids))
-        width, layer = mc.num_kv_heads * mc.head_dim, 0
-        for start, kv in sorted(kv_groups, key=lambda g: g[0]):
-            tokens = len(ids) if start < k else full  # a group may not straddle K
-            shape_ok = kv.dim() == 4 and kv.shape[0] == 2 and kv.shape[2:] == (tokens, width)
-            shape_ok = shape_ok and (start >= k or start + kv.shape[1] <= k)
-            if start != layer or not shape_ok or kv.dtype != dtype:
-                raise ValueError(
-                    f"received KV (layer {start}, shape {tuple(kv.shape)}, {kv.dtype}) does not "
-                    f"continue layer {layer} of [2, L, {tokens}, {width}] {dtype} (SPEED "
-                    f"cutoff K={k}: the prefill and decode pods must run the same SPEED setting)"
-                )
-            layer += kv.shape[1]
-        if layer != mc.num_layers:
-            raise ValueError(f"received KV covers {layer} of {mc.num_layers} layers")
-        if any(t < 0 or t >= mc.vocab_size for t in (*ids, first_token)):
-            raise ValueError(f"prompt and first token ids must be in [0, {mc.vocab_size})")
-        seq = Sequence(ids, params, arrival_time=time.perf_counter())
+    # ------------------------------------------- prompts computed elsewhere (prefilled.py)
+    def reserve_prefilled(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> bool:
+        """Hold KV blocks for a prompt a prefill pod computes; load its layer groups with
+        load_prefilled_group as they arrive, then activate_prefilled (or release_prefilled).
+        False, nothing held, when the blocks do not fit now (the caller recomputes instead);
+        InvalidRequest for a request this engine cannot serve at all; ValueError when it
+        needs its prompt computed here."""
+        self._check_new(request_id)
+        ids = self._prompt_ids(list(prompt_ids))
         try:
-            if not self.scheduler.add_prefilled(seq):
-                return None
-        except ValueError as exc:
+            return self.prefilled.reserve(request_id, ids, params)
+        except RequestRejectedError as exc:
             raise InvalidRequest(str(exc)) from exc
-        hit = seq.num_cached_tokens  # prefix-cache hits already hold this KV: leave them be
-        for start, kv in kv_groups:
-            if start >= k:  # SPEED upper slots [0, F): private to the sequence, never hits
-                kv_io.scatter_kv(self.runner.kv_caches, seq.upper_block_table, start, kv)
-            else:
-                kv_io.scatter_kv(self.runner.kv_caches, seq.block_table, start, kv[:, :, hit:], hit)
-        seq.append_token(first_token)
-        out = RequestOutput(request_id, None, list(ids), metrics=RequestMetrics(seq.arrival_time))
-        out.metrics.first_scheduled_time = seq.arrival_time
-        detok = None
-        if self.tokenizer is not None:
-            detok = IncrementalDetokenizer.from_params(self.tokenizer, params, ids)
-        req = _Request(request_id, seq, out, detok, params, frozenset(params.stop_token_ids))
-        self._requests[request_id] = req
-        self._by_seq[seq.seq_id] = req
-        self.runner.add_request(seq.seq_id, params.seed)
+
+    def load_prefilled_group(self, request_id: str, layer_start: int, kv: torch.Tensor) -> None:
+        """Scatter one layer group [2, Lg, T, Hkv*D]; ValueError when it does not fit."""
+        self.prefilled.load_group(request_id, layer_start, kv)
+
+    def activate_prefilled(self, request_id: str, first_token: int) -> RequestOutput:
+        """Every layer is loaded: the request continues as a decode from `first_token`, the
+        token the prefill sampled. ValueError (reservation kept) when layers are missing."""
+        seq = self.prefilled.activate(request_id, first_token)
+        req = self._register(request_id, seq, None)
+        req.output.metrics.first_scheduled_time = seq.arrival_time
         gen = self.runner._generators.get(seq.seq_id)
-        if gen is not None and not params.is_greedy:
+        if gen is not None and not req.params.is_greedy:
             # The prefill pod's first draw consumed V uniforms of this seed: skip them too.
-            torch.empty(mc.vocab_size, device=gen.device).uniform_(generator=gen)
+            torch.empty(self.model.config.vocab_size, device=gen.device).uniform_(generator=gen)
         self._on_token(req, StepSample(int(first_token), 0.0, None), time.perf_counter())
-        return out
+        return req.output
+
+    def release_prefilled(self, request_id: str) -> None:
+        """Give back a reservation's blocks (any failure, or abort); unknown ids are fine."""
+        self.prefilled.release(request_id)
 
     def request_id_of(self, seq_id: int) -> str | None:
         req = self._by_seq.get(seq_id)
@@ -240,6 +225,7 @@ class Engine:
         req = self._requests.get(request_id)
         if req is not None:
             self._finish(req, "abort")
+        self.prefilled.release(request_id)  # a prompt whose KV was still loading
 
     def has_unfinished(self) -> bool:
         return bool(self._requests)
@@ -290,7 +276,7 @@ class Engine:
         s.peak_kv_bytes = max(s.peak_kv_bytes, kv_held)
         if s.step_records is None:
             return
-        token_layers, pairs, kv_read = _step_work(out, self.model.config.num_layers)
+        token_layers, pairs, kv_read = out.work(self.model.config.num_layers)
         cohort = out.cohort
         s.step_records.append(
             StepRecord(
@@ -359,33 +345,3 @@ class Engine:
         del self._requests[req.request_id]
         del self._by_seq[req.seq.seq_id]
         self.stats.requests_finished += 1
-
-
-def _step_work(out: SchedulerOutput, num_layers: int) -> tuple[int, int, int]:
-    """Work of one step, summed over the layers each chunk runs: (tokens, (query, key) pairs
-    attended, cached KV tokens read). Full-depth chunks run every layer; a layered cohort only
-    its group's. A chunk of n tokens from position p attends n*p + n*(n+1)/2 pairs per layer
-    (causal) and reads the p + n tokens of KV it attends to once per layer.
-    """
-    runs = [(c, num_layers) for c in out.chunks]
-    if out.cohort is not None:
-        depth = out.cohort.layer_end - out.cohort.layer_start
-        runs += [(c, depth) for c in out.cohort.chunks]
-    tokens = sum(c.num_tokens * d for c, d in runs)
-    pairs = sum(
-        (c.num_tokens * c.start + c.num_tokens * (c.num_tokens + 1) // 2) * d for c, d in runs
-    )
-    kv_read = sum((c.start + c.num_tokens) * d for c, d in runs)
-    return tokens, pairs, kv_read
-
-
-def _checkpoint_dtype(path: str) -> str | None:
-    import json
-    from pathlib import Path
-
-    try:
-        cfg = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None  # the loader reports the real problem with a clear message
-    name = cfg.get("torch_dtype") or cfg.get("dtype")
-    return name if name in ("float32", "bfloat16", "float16") else None

@@ -19,6 +19,8 @@ from typing import Any
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"  # queued; holds no KV blocks
     RUNNING = "running"  # admitted; owns KV blocks for all its tokens scheduled so far
+    # owns blocks for its prompt, whose KV is being loaded from a prefill pod; never scheduled
+    RESERVED = "reserved"
     FINISHED = "finished"  # done (see finish_reason); blocks returned
 
 

@@ -130,7 +130,7 @@ class LayeredPolicy(SchedulingPolicy):
             not step.preempted
             and state.waiting
             and total < budget
-            and len(state.running) < cfg.max_num_seqs
+            and state.has_seat()
             and state.blocks.can_allocate(state.waiting[0])
         ):
             seq = state.waiting.popleft()

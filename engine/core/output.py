@@ -81,6 +81,23 @@ class SchedulerOutput:
         """Every chunk that runs in this step (full depth or one layer group)."""
         return self.chunks + (self.cohort.chunks if self.cohort is not None else [])
 
+    def work(self, num_layers: int) -> tuple[int, int, int]:
+        """Work of the step, summed over the layers each chunk runs: (tokens, (query, key)
+        pairs attended, cached KV tokens read). Full-depth chunks run all `num_layers`; a
+        layered cohort only its group's. A chunk of n tokens from position p attends
+        n*p + n*(n+1)/2 pairs per layer (causal) and reads the p + n tokens of KV it attends
+        to once per layer."""
+        runs = [(c, num_layers) for c in self.chunks]
+        if self.cohort is not None:
+            depth = self.cohort.layer_end - self.cohort.layer_start
+            runs += [(c, depth) for c in self.cohort.chunks]
+        tokens = sum(c.num_tokens * d for c, d in runs)
+        pairs = sum(
+            (c.num_tokens * c.start + c.num_tokens * (c.num_tokens + 1) // 2) * d for c, d in runs
+        )
+        kv_read = sum((c.start + c.num_tokens) * d for c, d in runs)
+        return tokens, pairs, kv_read
+
 
 class StepBuilder:
     """A step's batch under construction, with the token budget it may still spend.

@@ -30,7 +30,14 @@ class SchedulerState:
     blocks: BlockManager
     waiting: deque[Sequence] = field(default_factory=deque)  # FCFS; preempted go to the front
     running: list[Sequence] = field(default_factory=list)  # admission order; the tail is newest
+    # disaggregated decode: sequences holding blocks while their prompt KV loads (no step
+    # touches them); they take a running seat already, so activating one never overfills
+    reserved: dict[int, Sequence] = field(default_factory=dict)
     num_preemptions: int = 0
+
+    def has_seat(self) -> bool:
+        """Room for one more sequence under max_num_seqs (reserved ones count)."""
+        return len(self.running) + len(self.reserved) < self.config.max_num_seqs
 
 
 class SchedulingPolicy:
@@ -124,7 +131,7 @@ def admit_waiting(state: SchedulerState, step: StepBuilder) -> list[Sequence]:
     while (
         state.waiting
         and step.budget_left > 0
-        and len(state.running) < state.config.max_num_seqs
+        and state.has_seat()
         and state.blocks.can_allocate(state.waiting[0])
     ):
         seq = state.waiting.popleft()

@@ -115,7 +115,7 @@ class Scheduler:
         )
         self.state = SchedulerState(config, self.block_manager)
         self.policy = make_policy(config.policy)
-        self._live: dict[int, Sequence] = {}  # seq_id -> waiting or running sequence
+        self._live: dict[int, Sequence] = {}  # seq_id -> waiting, running or reserved sequence
 
     # ---- queue state -----------------------------------------------------------------------
 
@@ -134,6 +134,11 @@ class Scheduler:
     @property
     def num_running(self) -> int:
         return len(self.state.running)
+
+    @property
+    def num_reserved(self) -> int:
+        """Sequences holding blocks while their prompt KV loads (see `reserve`)."""
+        return len(self.state.reserved)
 
     @property
     def num_preemptions(self) -> int:
@@ -161,25 +166,36 @@ class Scheduler:
         self._live[seq.seq_id] = seq
         self.state.waiting.append(seq)
 
-    def add_prefilled(self, seq: Sequence) -> bool:
-        """Admit new `seq` straight into the running set with its prompt computed elsewhere
-        (disaggregated decode): blocks for the prompt, `num_computed_tokens` = prompt length.
-        The caller writes the prompt's KV into `seq.block_table` (positions from
-        `seq.num_cached_tokens` on: earlier ones are prefix-cache hits) before the next step
-        and appends the first token. False, with nothing changed, when it does not fit now."""
+    # ---- prompts computed elsewhere (disaggregated decode) ---------------------------------
+
+    def reserve(self, seq: Sequence) -> bool:
+        """Hold blocks for new `seq`'s prompt, whose KV a prefill pod computed: the caller
+        writes it into `seq.block_table` (positions from `seq.num_cached_tokens` on; earlier
+        ones are prefix-cache hits) and, with SPEED, `seq.upper_block_table`, then calls
+        `activate`, or `finish` to give the blocks back. Until then `seq` is outside the
+        running set, so no step schedules or preempts it, but its blocks count as used and it
+        takes a seat under max_num_seqs. False, with nothing changed, when it does not fit now."""
         self.check_admissible(seq)
         if seq.seq_id in self._live or seq.status is not SequenceStatus.WAITING:
-            raise ValueError(f"only new sequences can be added, got {seq}")
-        running_full = len(self.state.running) >= self.config.max_num_seqs
-        if running_full or not self.block_manager.can_allocate(seq):
+            raise ValueError(f"only new sequences can be reserved, got {seq}")
+        if not self.state.has_seat() or not self.block_manager.can_allocate(seq):
             return False
-        self.block_manager.allocate(seq)
+        self.block_manager.allocate(seq)  # both SPEED tables; sets num_cached/computed = hit
+        seq.status = SequenceStatus.RESERVED
+        self._live[seq.seq_id] = seq
+        self.state.reserved[seq.seq_id] = seq
+        return True
+
+    def activate(self, seq: Sequence) -> None:
+        """Reserved `seq`'s prompt KV is written: it counts as computed and joins the running
+        set (decoding once the caller appends the first token). Its full blocks enter the
+        prefix cache only now, so no other prompt can hit blocks whose KV is not there yet."""
+        if self.state.reserved.pop(seq.seq_id, None) is None:
+            raise ValueError(f"{seq} is not reserved")
         seq.num_computed_tokens = seq.num_tokens
         seq.status = SequenceStatus.RUNNING
         self.block_manager.cache_blocks(seq)
-        self._live[seq.seq_id] = seq
         self.state.running.append(seq)
-        return True
 
     def check_admissible(self, seq: Sequence) -> None:
         cfg = self.config
@@ -238,15 +254,18 @@ class Scheduler:
         return grew
 
     def finish(self, seq: Sequence, reason: str) -> None:
-        """Stop `seq` for `reason` (see FINISH_REASONS) and return its blocks."""
+        """Stop `seq` (waiting, running or reserved) for `reason` (see FINISH_REASONS) and
+        return its blocks."""
         if reason not in FINISH_REASONS:
             raise ValueError(
                 f"finish reason must be one of {sorted(FINISH_REASONS)}, got {reason!r}"
             )
         if self._live.pop(seq.seq_id, None) is None:
-            raise ValueError(f"{seq} is not waiting or running")
+            raise ValueError(f"{seq} is not waiting, running or reserved")
         if seq.status is SequenceStatus.RUNNING:
             self.state.running.remove(seq)
+        elif seq.status is SequenceStatus.RESERVED:
+            del self.state.reserved[seq.seq_id]
         else:
             self.state.waiting.remove(seq)
         self.block_manager.free(seq)
@@ -254,8 +273,9 @@ class Scheduler:
         seq.finish_reason = reason
 
     def abort(self, seq_id: int) -> Sequence | None:
-        """Finish a waiting or running request with reason "abort". Returns it, or None when
-        it is unknown or already finished (a client may cancel after the last token)."""
+        """Finish a waiting, running or reserved request with reason "abort". Returns it, or
+        None when it is unknown or already finished (a client may cancel after the last
+        token)."""
         seq = self._live.get(seq_id)
         if seq is not None:
             self.finish(seq, "abort")

@@ -29,6 +29,17 @@ class CheckpointError(ValueError):
     """The checkpoint folder is missing, incomplete or inconsistent with its config.json."""
 
 
+def checkpoint_dtype(path: str | Path) -> str | None:
+    """The dtype config.json names (float32, bfloat16, float16), or None when it names none
+    or cannot be read (the loader then reports the real problem with a clear message)."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = cfg.get("torch_dtype") or cfg.get("dtype")
+    return name if name in ("float32", "bfloat16", "float16") else None
+
+
 def read_config(path: str | Path) -> ModelConfig:
     folder = Path(path)
     if not folder.is_dir():

@@ -8,8 +8,9 @@
     GET  /v1/internal/load         what the router picks by (KV utilisation, batch, role)
     POST /drain                    stop taking new requests; in-flight ones finish
     GET  /metrics                  Prometheus
-A decode pod given `kv_transfer` waits (bounded) for that prompt's KV and decodes from it; on
-any failure it recomputes the prompt (lamina_kv_fallback_total).
+A decode pod given `kv_transfer` loads that prompt's KV group by group as it arrives (bounded
+by one deadline; serving/kv_loading.py) and decodes from it; on any failure it recomputes the
+prompt (lamina_kv_fallback_total).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import dataclasses
 import logging
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lamina_engine.serving import kv_shipping
 from lamina_engine.serving.config import ServeConfig
-from lamina_engine.serving.engine_server import AsyncEngine, PrefilledKV, RequestFailed
+from lamina_engine.serving.engine_server import AsyncEngine, RequestFailed
 from lamina_engine.serving.errors import install_error_handlers
 from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
 from lamina_engine.serving.prefill import PrefillShipper
@@ -168,12 +169,12 @@ class EngineServer:
         ids = self._prompt_ids(req)
         prefix = "cmpl" if kind == "completions" else "chatcmpl"
         rid = f"{prefix}-{uuid.uuid4().hex}"
-        prefilled = None
+        kv = None
         if req.kv_transfer is not None and self.transport is not None:
-            prefilled = await self._receive_kv(req.kv_transfer.request_id, ids)
-        stream = ae.generate(rid, ids, params, prefilled)
-        try:
-            first = await anext(stream)
+            kv = self._kv_groups(req.kv_transfer.request_id, len(ids))
+        stream = ae.generate(rid, ids, params, kv)
+        try:  # with shipped KV, the first output waits for the last group to load
+            first = await self._next(stream, request)
         except RequestFailed as exc:
             raise OpenAIError(400 if exc.invalid else 500, str(exc)) from None
         builder = ResponseBuilder(kind, rid, self.config.model_name, tok)
@@ -185,17 +186,23 @@ class EngineServer:
             )
         return builder.full(await self._collect(first, stream, request))
 
+    async def _next(self, stream, request: Request):
+        """The stream's next output; a client that disconnects meanwhile aborts the request
+        (the stream is closed when this raises OpenAIError 499)."""
+        nxt = asyncio.ensure_future(anext(stream))
+        while not nxt.done():
+            await asyncio.wait({nxt}, timeout=0.5)
+            if not nxt.done() and await request.is_disconnected():
+                nxt.cancel()
+                await asyncio.wait({nxt})  # the stream's cleanup (abort) runs before we go
+                raise OpenAIError(499, "client disconnected")
+        return nxt.result()
+
     async def _collect(self, out, stream, request: Request):
         """Run to the end; a client that disconnects meanwhile aborts the request."""
         try:
             while not out.finished:
-                nxt = asyncio.ensure_future(anext(stream))
-                while not nxt.done():
-                    await asyncio.wait({nxt}, timeout=0.5)
-                    if not nxt.done() and await request.is_disconnected():
-                        nxt.cancel()
-                        raise OpenAIError(499, "client disconnected")
-                out = nxt.result()
+                out = await self._next(stream, request)
             return out
         finally:
             await stream.aclose()
@@ -218,44 +225,28 @@ class EngineServer:
         finally:
             await stream.aclose()
 
-    async def _receive_kv(self, handle: str, ids: list[int]) -> PrefilledKV | None:
-        ae, cfg = self.async_engine, self.config
-        start = time.perf_counter()
+    async def _kv_groups(self, handle: str, num_prompt_tokens: int):
+        """The prompt KV shipped under `handle`, one checked group at a time as each arrives
+        (kv_shipping.receive), cut short by the router's notice that its prefill failed; its
+        objects are deleted from the store afterwards, whatever happened."""
         aborted = self._kv_waiters.setdefault(handle, asyncio.Event())
         if handle in self._kv_aborted:
             aborted.set()
-        engine = ae.engine
-        speed = getattr(engine, "speed", None)
-        receiving = asyncio.ensure_future(
-            kv_shipping.receive(
-                self.transport, handle, len(ids), engine.runner.dtype, cfg.kv_wait_seconds, speed
-            )
-        )
-        notice = asyncio.ensure_future(aborted.wait())
+        engine = self.async_engine.engine
+        groups = kv_shipping.receive(
+            self.transport, handle, num_prompt_tokens, engine.runner.dtype,
+            self.config.kv_wait_seconds, getattr(engine, "speed", None), aborted,
+        )  # fmt: skip
         try:
-            await asyncio.wait({receiving, notice}, return_when=asyncio.FIRST_COMPLETED)
+            async with aclosing(groups):
+                async for group in groups:
+                    yield group
         finally:
-            notice.cancel()
             self._kv_waiters.pop(handle, None)
-        kv = None
-        if not receiving.done():
-            receiving.cancel()
-            log.warning("prefill of %s failed (router's notice); recomputing the prompt", handle)
-            ae.count_fallback("PrefillFailed")
-        elif isinstance(receiving.exception(), (KVTransferError, ValueError)):
-            exc = receiving.exception()
-            log.warning("KV of %s unusable (%s); recomputing the prompt", handle, exc)
-            ae.count_fallback(type(exc).__name__)
-        else:
-            kv, nbytes = receiving.result()
-        if kv is not None:
-            self.metrics.kv_bytes.labels(cfg.role, "load").inc(nbytes)
-            self.metrics.kv_seconds.labels(cfg.role, "load").observe(time.perf_counter() - start)
-        try:
-            await self.transport.delete(handle)
-        except (KVTransferError, ValueError):
-            pass  # the objects expire by TTL anyway
-        return kv
+            try:
+                await self.transport.delete(handle)
+            except (KVTransferError, ValueError):
+                pass  # the objects expire by TTL anyway
 
     async def kv_abort(self, body: dict) -> dict:
         """The router saw this handle's prefill fail: stop waiting for its KV, recompute."""

@@ -1,9 +1,11 @@
 """AsyncEngine: the Engine's step loop on a background thread, token streams on asyncio.
 
     handler (event loop)                  engine thread
-    generate() --("add", ...)--> commands --> engine.add_request / add_prefilled_request
+    generate() --("add", ...)--> commands --> engine.add_request
+    generate(kv=groups) --("kv_*", ...)-->    KVLoads (serving/kv_loading.py): reserve, load
+                                              each group as it arrives, activate or recompute
     async for out in stream  <-- snapshot --  engine.step() outputs (call_soon_threadsafe)
-    stream closed early -------("abort")--->  engine.abort
+    stream closed early -------("abort")--->  engine.abort (a KV reservation too)
 
 Only the engine thread touches the Engine (its KV cache, scheduler and runner are not
 thread-safe). Handlers get copies of each RequestOutput, taken when it changed.
@@ -16,15 +18,15 @@ import dataclasses
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-
-import torch
 
 from lamina_engine.engine import Engine, InvalidRequest
 from lamina_engine.outputs import RequestOutput
 from lamina_engine.runner import kv_io
 from lamina_engine.sampling_params import SamplingParams
+from lamina_engine.serving.kv_loading import KVLoads, Recompute
+from lamina_engine.serving.kv_shipping import KVGroup
 from lamina_engine.serving.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -36,14 +38,6 @@ class RequestFailed(RuntimeError):
     def __init__(self, message: str, invalid: bool = False) -> None:
         super().__init__(message)
         self.invalid = invalid
-
-
-@dataclass
-class PrefilledKV:
-    """A prompt's KV computed elsewhere: (layer_start, [2, L, T, Hkv*D]) groups + first token."""
-
-    first_token: int
-    groups: list[tuple[int, torch.Tensor]]
 
 
 @dataclass
@@ -86,6 +80,7 @@ class AsyncEngine:
         self._shipped: dict[str, tuple[int, int]] = {}  # request id -> (groups, layers) sent
         self.groups_shipped_early = 0  # groups shipped while a later group still computed
         self.fallbacks: dict[str, int] = {}
+        self.kv_loads = KVLoads(engine, metrics, self._post)  # decode role: KV as it arrives
         self._marks = (0, 0, 0)  # prefill tokens, decode tokens, expert bytes already counted
         self._thread = threading.Thread(target=self._run, name="lamina-engine", daemon=True)
 
@@ -112,17 +107,24 @@ class AsyncEngine:
         request_id: str,
         prompt: str | list[int],
         params: SamplingParams,
-        prefilled: PrefilledKV | None = None,
+        kv: AsyncGenerator[KVGroup, None] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield snapshots of the request's output as it changes; the last one is finished.
-        Leaving the iteration early (client gone) aborts the request."""
+        With `kv` (the prompt's KV groups as they arrive; `prompt` is then token ids) the
+        engine loads them and continues from the shipped first token, or recomputes the
+        prompt if they fail. Leaving the iteration early (client gone) aborts the request."""
+        if kv is not None and isinstance(prompt, str):
+            raise TypeError("a request with shipped KV takes its prompt as token ids")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if request_id in self._streams:
                 raise RequestFailed(f"request id {request_id!r} is already in flight", True)
             self._streams[request_id] = stream
-        self._commands.put(("add", request_id, prompt, params, prefilled))
-        self._wake.set()
+        feeding = None
+        if kv is None:
+            self._post(("add", request_id, prompt, params))
+        else:
+            feeding = asyncio.ensure_future(self.kv_loads.feed(request_id, prompt, params, kv))
         finished = False
         try:
             while True:
@@ -135,12 +137,18 @@ class AsyncEngine:
                 if finished:
                     return
         finally:
+            if feeding is not None:
+                feeding.cancel()  # done already, unless the prompt was recomputed meanwhile
             with self._lock:
                 self._streams.pop(request_id, None)
             if not finished:
                 self.metrics.requests.labels(self.role, "abort").inc()
-                self._commands.put(("abort", request_id))
-                self._wake.set()
+                self._post(("abort", request_id))
+
+    def _post(self, cmd: tuple) -> None:
+        """Queue a command for the engine thread (any thread) and wake it."""
+        self._commands.put(cmd)
+        self._wake.set()
 
     # ------------------------------------------------------------------ engine thread
     def _send(self, request_id: str, item: RequestOutput | RequestFailed) -> None:
@@ -179,37 +187,35 @@ class AsyncEngine:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
                 return
-            if cmd[0] == "abort":
-                self.engine.abort(cmd[1])
-                self._shipped.pop(cmd[1], None)
+            kind, rid = cmd[0], cmd[1]
+            if kind == "abort":
+                self.engine.abort(rid)
+                self.kv_loads.forget(rid)
+                self._shipped.pop(rid, None)
                 continue
-            _, rid, prompt, params, prefilled = cmd
-            with self._lock:
-                if rid not in self._streams:  # the client left before the engine saw it
-                    continue
+            if kind in ("add", "kv_reserve"):
+                with self._lock:
+                    if rid not in self._streams:  # the client left before the engine saw it
+                        continue
             try:
-                out = self._admit(rid, prompt, params, prefilled)
+                if kind == "add":
+                    self._admit(rid, cmd[2], cmd[3])
+                    continue
+                result = self.kv_loads.apply(cmd)
             except InvalidRequest as exc:
                 self._send(rid, RequestFailed(str(exc), invalid=True))
                 continue
-            if out.token_ids or out.finished:  # a prefilled request has its first token
-                self._publish(out)
+            if isinstance(result, Recompute):
+                self.count_fallback(result.reason)
+                self._admit(rid, result.ids, result.params)
+            elif result is not None:  # active, with the first token the prefill sampled
+                self._publish(result)
 
-    def _admit(self, rid, prompt, params, prefilled: PrefilledKV | None) -> RequestOutput:
-        if prefilled is not None and isinstance(prompt, list):
-            try:
-                out = self.engine.add_prefilled_request(
-                    rid, prompt, params, prefilled.first_token, prefilled.groups
-                )
-                if out is not None:
-                    return out
-                self.count_fallback("no_free_blocks")
-            except InvalidRequest:
-                raise
-            except ValueError as exc:
-                log.warning("request %s: received KV unusable (%s); recomputing", rid, exc)
-                self.count_fallback("kv_mismatch")
-        return self.engine.add_request(rid, prompt, params)
+    def _admit(self, rid: str, prompt: str | list[int], params: SamplingParams) -> None:
+        try:
+            self.engine.add_request(rid, prompt, params)
+        except InvalidRequest as exc:
+            self._send(rid, RequestFailed(str(exc), invalid=True))
 
     def count_fallback(self, reason: str) -> None:
         self.metrics.kv_fallback.labels(self.role, reason).inc()
@@ -241,6 +247,7 @@ class AsyncEngine:
             ids = list(self._streams)
         for rid in ids:
             self.engine.abort(rid)
+            self.kv_loads.forget(rid)
             self._send(rid, RequestFailed(message))
 
     def _update_gauges(self) -> None:

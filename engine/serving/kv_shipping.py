@@ -3,7 +3,8 @@
 Prefill side: `publish_group` encodes one layer group [2, L, T, Hkv*D] with the wire format and
 puts it, as soon as the group is computed; the last group carries the first sampled token.
 Decode side: `receive` waits for groups 0, 1, ... (each wait bounded by what is left of one
-deadline) until the group flagged last, checks each against the prompt, and returns them.
+deadline) until the group flagged last, checks each against the prompt, and yields each as it
+arrives, so the decode pod loads it while later groups are still in flight.
 With SPEED (cutoff K) the groups below K hold every prompt position, and one last object from
 K holds the upper-layer KV of the F full-depth prompt tokens only (their compact upper slots
 [0, F), core/speed.py), so about K/L of the full-depth bytes ship. Anything wrong raises
@@ -14,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 
 import torch
 
 from lamina_engine.core.speed import SpeedLayout
 from lamina_engine.serving.config import ServeConfig
-from lamina_engine.serving.engine_server import PrefilledKV
-from lamina_engine.transfer import KVMeta, KVTransport, decode_kv, encode_kv
+from lamina_engine.transfer import KVMeta, KVTransferError, KVTransport, decode_kv, encode_kv
 from lamina_engine.transfer.errors import KVCorrupt, KVTimeout
 
 MAX_GROUPS = 1024  # a stream that never flags `last` is corrupt, not endless
@@ -94,6 +96,25 @@ async def publish_group(
     return len(blob)
 
 
+@dataclass
+class KVGroup:
+    """One received layer group, checked against the prompt (see `receive`)."""
+
+    layer_start: int
+    kv: torch.Tensor  # [2, Lg, T, Hkv*D] on the CPU, the decode pod's dtype
+    nbytes: int  # wire bytes of the blob
+    arrived: float  # time.perf_counter() when its blob came in (before decoding it)
+    first_token: int | None  # what the prefill sampled; set on the last group only
+
+    @property
+    def last(self) -> bool:
+        return self.first_token is not None
+
+
+class PrefillFailed(KVTransferError):
+    """The router reported that this KV's prefill failed: the rest of it will never come."""
+
+
 async def receive(
     transport: KVTransport,
     request_id: str,
@@ -101,21 +122,24 @@ async def receive(
     dtype: torch.dtype,
     deadline_s: float,
     speed: SpeedLayout | None = None,
-) -> tuple[PrefilledKV, int]:
-    """Wait for the request's groups; returns them and the bytes received. `speed` is this
-    decode pod's SPEED layout: groups from its K on hold the full-depth prompt tokens only."""
+    abort: asyncio.Event | None = None,
+) -> AsyncIterator[KVGroup]:
+    """Yield the request's groups 0, 1, ... one by one as each arrives, ending with the one
+    flagged last (it carries the first token). All of them share one deadline; `abort` set
+    (the router's notice) stops the wait with PrefillFailed. `speed` is this decode pod's
+    SPEED layout: groups from its K on hold the full-depth prompt tokens only. A group that
+    does not match the prompt raises KVCorrupt; the groups yielded before it stay valid."""
     k = None if speed is None else speed.prefill_layers
     full = None if speed is None else speed.num_upper(num_prompt_tokens, num_prompt_tokens)
     end = time.monotonic() + deadline_s
-    groups: list[tuple[int, torch.Tensor]] = []
-    total = 0
     for g in range(MAX_GROUPS):
         remaining = end - time.monotonic()
         if remaining <= 0:
             raise KVTimeout(f"KV of request {request_id!r} incomplete after {deadline_s:.1f} s")
-        blob = await transport.wait_group(request_id, g, remaining)
-        meta, tensor = decode_kv(blob)
-        total += len(blob)
+        blob = await _unless_aborted(transport.wait_group(request_id, g, remaining), abort)
+        arrived = time.perf_counter()
+        # checksumming a large blob takes milliseconds: keep it off the event loop
+        meta, tensor = await asyncio.to_thread(decode_kv, blob)
         upper = k is not None and meta.layer_start >= k
         want = full if upper else num_prompt_tokens
         if meta.token_start != 0 or meta.num_tokens != want:
@@ -127,9 +151,26 @@ async def receive(
             )
         if meta.dtype != dtype:
             raise KVCorrupt(f"KV group {g} is {meta.dtype}, this decode pod runs {dtype}")
-        groups.append((meta.layer_start, tensor))
+        if meta.last and meta.first_token is None:
+            raise KVCorrupt(f"the last KV group of {request_id!r} carries no first token")
+        first = meta.first_token if meta.last else None
+        yield KVGroup(meta.layer_start, tensor, len(blob), arrived, first)
         if meta.last:
-            if meta.first_token is None:
-                raise KVCorrupt(f"the last KV group of {request_id!r} carries no first token")
-            return PrefilledKV(meta.first_token, groups), total
+            return
     raise KVCorrupt(f"KV of request {request_id!r} never flagged its last group")
+
+
+async def _unless_aborted(waiting: Awaitable[bytes], abort: asyncio.Event | None) -> bytes:
+    """`await waiting`, unless `abort` is set first (then PrefillFailed)."""
+    if abort is None:
+        return await waiting
+    task, notice = asyncio.ensure_future(waiting), asyncio.ensure_future(abort.wait())
+    try:
+        await asyncio.wait({task, notice}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when we are cancelled ourselves: leave nothing running
+        notice.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()  # a group that made it is still good; the next wait will stop
+    raise PrefillFailed("the router reported that the prefill failed; recomputing the prompt")

@@ -14,6 +14,9 @@ _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 
+# The exposed part of a KV transfer can be well under a millisecond on a GPU.
+_KV_BUCKETS = (0.0001, 0.00025, 0.0005) + _LATENCY_BUCKETS
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -66,6 +69,13 @@ class ServerMetrics:
         self.kv_seconds = Histogram(
             "lamina_kv_transfer_seconds", "Wall time to publish or load one request's KV.",
             ["role", "direction"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        # Layer groups pipeline the transfer: only what follows the last group stays exposed
+        # (prefill: its put; decode: its decode and scatter). DESIGN.md §3.7: about 1/G.
+        self.kv_exposed = Histogram(
+            "lamina_kv_transfer_exposed_seconds", "Wall time of one request's KV transfer left "
+            "after its last layer group: computed to published (prefill), or arrived to the "
+            "request decoding (decode).", ["role", "direction"], buckets=_KV_BUCKETS, registry=r,
         )  # fmt: skip
         self.kv_fallback = Counter(
             "lamina_kv_fallback_total", "Requests whose prompt was recomputed locally because "

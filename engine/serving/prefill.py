@@ -79,6 +79,7 @@ class PrefillShipper:
         role = self.metrics.role
         self.metrics.kv_bytes.labels(role, "publish").inc(nbytes)
         self.metrics.kv_seconds.labels(role, "publish").observe(transfer)
+        self.metrics.kv_exposed.labels(role, "publish").observe(exposed)
         return {
             "request_id": handle,
             "first_token": out.token_ids[0],

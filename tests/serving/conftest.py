@@ -128,9 +128,7 @@ def unified(tiny_model):
     running.stop()
 
 
-@pytest.fixture
-def start():
-    """start(**ServeConfig settings) -> Running; every server started is stopped afterwards."""
+def _starter():
     started: list[Running] = []
 
     def _start(local_store=None, wait_ready: bool = True, **settings) -> Running:
@@ -141,6 +139,18 @@ def start():
     yield _start
     for running in reversed(started):
         running.stop()
+
+
+@pytest.fixture
+def start():
+    """start(**ServeConfig settings) -> Running; every server started is stopped afterwards."""
+    yield from _starter()
+
+
+@pytest.fixture(scope="module")
+def start_for_module():
+    """Like `start`, but the servers stay up until the test module is done."""
+    yield from _starter()
 
 
 class Stack:

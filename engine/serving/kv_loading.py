@@ -1,0 +1,142 @@
+"""KVLoads: a decode pod loads a prefilled request's KV group by group as it arrives.
+
+DESIGN.md §3.6 step 3. The handler side (event loop) turns the received groups into commands;
+the engine thread, which alone touches the Engine, applies them between steps:
+
+    handler: feed()                                engine thread: apply()
+    ("kv_reserve", rid, ids, params)         -->   engine.reserve_prefilled     (blocks held)
+    ("kv_group", rid, layer_start, kv)       -->   engine.load_prefilled_group  (scattered)
+    ("kv_done", rid, first_token, timing)    -->   engine.activate_prefilled -> first output
+    ("kv_failed", rid, reason)               -->   release the blocks, recompute the prompt
+
+So the earlier groups are in the cache before the last one lands, and what stays exposed
+after it is that group's decode and scatter (`lamina_kv_transfer_exposed_seconds`). Every
+failure (no free blocks, a group that does not fit, the transfer failing) ends in `Recompute`:
+the AsyncEngine counts the fallback and admits the prompt normally; a client that leaves
+aborts the request, which frees a reservation like any other request's blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from lamina_engine.engine import Engine, InvalidRequest
+from lamina_engine.outputs import RequestOutput
+from lamina_engine.sampling_params import SamplingParams
+from lamina_engine.serving.kv_shipping import KVGroup
+from lamina_engine.serving.metrics import ServerMetrics
+from lamina_engine.transfer import KVTransferError
+from lamina_engine.transfer.errors import KVCorrupt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recompute:
+    """The engine thread's answer when the shipped KV cannot be used: admit the prompt anew."""
+
+    request_id: str
+    ids: list[int]
+    params: SamplingParams
+    reason: str  # the lamina_kv_fallback_total label
+
+
+@dataclass(frozen=True)
+class _Timing:
+    started: float  # perf_counter(): the feed began waiting for group 0
+    arrived: float  # perf_counter(): the last group's blob came in
+    nbytes: int  # wire bytes of every group
+
+
+class KVLoads:
+    """Prefilled requests of one AsyncEngine whose KV is still coming in. `post(cmd)` queues
+    a command for the engine thread (thread-safe)."""
+
+    def __init__(self, engine: Engine, metrics: ServerMetrics, post: Callable) -> None:
+        self.engine, self.metrics, self.post = engine, metrics, post
+        # engine thread only: request id -> (ids, params), for a recompute after a failure
+        self._loading: dict[str, tuple[list[int], SamplingParams]] = {}
+
+    # ------------------------------------------------------------------ handler side
+    async def feed(
+        self,
+        request_id: str,
+        ids: list[int],
+        params: SamplingParams,
+        groups: AsyncGenerator[KVGroup, None],
+    ) -> None:
+        """Post the reservation, each group the moment it arrives, then the activation; a
+        failure of the transfer posts kv_failed. Cancelled (the client left, or the request
+        already ended on a recompute) it posts nothing: the stream's abort covers that."""
+        started, nbytes = time.perf_counter(), 0
+        self.post(("kv_reserve", request_id, ids, params))
+        try:
+            async with aclosing(groups):
+                async for group in groups:
+                    nbytes += group.nbytes
+                    self.post(("kv_group", request_id, group.layer_start, group.kv))
+                    if group.last:
+                        timing = _Timing(started, group.arrived, nbytes)
+                        self.post(("kv_done", request_id, group.first_token, timing))
+                        return
+            raise KVCorrupt(f"the KV of {request_id!r} ended before its last group")
+        except (KVTransferError, ValueError) as exc:
+            log.warning("KV of %s unusable (%s); recomputing the prompt", request_id, exc)
+            self.post(("kv_failed", request_id, type(exc).__name__))
+        except Exception as exc:  # a bug must not leave the request waiting forever
+            log.exception("loading the KV of %s failed; recomputing the prompt", request_id)
+            self.post(("kv_failed", request_id, type(exc).__name__))
+
+    # ------------------------------------------------------------------ engine thread
+    def apply(self, cmd: tuple) -> RequestOutput | Recompute | None:
+        """Apply one kv_* command. Returns the request's first output once it is active, a
+        Recompute when its KV cannot be used, else None. InvalidRequest (the request itself
+        is bad) propagates from kv_reserve."""
+        kind, rid = cmd[0], cmd[1]
+        if kind == "kv_reserve":
+            return self._reserve(rid, cmd[2], cmd[3])
+        pending = self._loading.get(rid)
+        if pending is None:
+            return None  # recomputing already, or aborted: this KV is not wanted
+        try:
+            if kind == "kv_group":
+                self.engine.load_prefilled_group(rid, cmd[2], cmd[3])
+                return None
+            if kind == "kv_done":
+                out = self.engine.activate_prefilled(rid, cmd[2])
+                del self._loading[rid]
+                self._observe(cmd[3])
+                return out
+            reason = cmd[2]  # kv_failed
+        except ValueError as exc:
+            log.warning("request %s: received KV unusable (%s); recomputing", rid, exc)
+            reason = "kv_mismatch"
+        del self._loading[rid]
+        self.engine.release_prefilled(rid)
+        return Recompute(rid, *pending, reason)
+
+    def forget(self, request_id: str) -> None:
+        """The request was aborted (Engine.abort freed its reservation): ignore its KV."""
+        self._loading.pop(request_id, None)
+
+    def _reserve(self, rid: str, ids: list[int], params: SamplingParams) -> Recompute | None:
+        try:
+            if self.engine.reserve_prefilled(rid, ids, params):
+                self._loading[rid] = (ids, params)
+                return None
+            return Recompute(rid, ids, params, "no_free_blocks")
+        except InvalidRequest:
+            raise
+        except ValueError as exc:
+            log.warning("request %s cannot use shipped KV (%s); recomputing", rid, exc)
+            return Recompute(rid, ids, params, "kv_mismatch")
+
+    def _observe(self, timing: _Timing) -> None:
+        now, role = time.perf_counter(), self.metrics.role
+        self.metrics.kv_bytes.labels(role, "load").inc(timing.nbytes)
+        self.metrics.kv_seconds.labels(role, "load").observe(now - timing.started)
+        self.metrics.kv_exposed.labels(role, "load").observe(now - timing.arrived)
