@@ -1,12 +1,14 @@
 """Lamina vs HF transformers generate(): output tokens/s on the same requests, same weights.
 
-    lamina bench vs-hf [--requests 64] [--out runs/vs_hf.json]
+    lamina bench vs-hf [--requests 64] [--repeats 3] [--threads 1] [--out runs/vs_hf.json]
 
-A randomly initialised Qwen3-MoE (123M parameters, 82% of them experts) is saved with save_pretrained; 64 requests
-with seeded prompt lengths 32-512 and output lengths 16-256 run greedy with EOS ignored. HF runs
-them in left-padded batches of 16 (each batch generates to its longest output; only the tokens a
-request asked for count), Lamina with continuous batching and max_num_seqs=16. Token agreement
-is checked request by request; a divergence is reported with HF's top-2 logit margin there.
+A randomly initialised Qwen3-MoE (123M parameters, 82% of them experts) is saved with
+save_pretrained; 64 requests with seeded prompt lengths 32-512 and output lengths 16-256 run
+greedy with EOS ignored. HF runs them in left-padded batches of 16 (each batch generates to its
+longest output; only the tokens a request asked for count), Lamina with continuous batching and
+max_num_seqs=16, alternating for --repeats pairs. Token agreement is checked request by request;
+a divergence is reported with HF's top-2 logit margin there and HF's closest routing choice on
+the way to it (a router tie that rounding can break either way).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -100,14 +103,62 @@ def compare(hf_tokens, lamina_tokens, margins) -> dict:
     return {"identical_requests": identical, "divergences": divergences}
 
 
+def router_margin(model, tokens: list[int]) -> dict:
+    """The closest expert choice HF's routers made over `tokens` (one forward): the smallest
+    gap between the k-th and (k+1)-th routing probability, and where. A gap at float-rounding
+    level is a tie that any change of summation order may break the other way, sending the
+    token to another expert and changing every later logit by far more than rounding."""
+    gaps: list[torch.Tensor] = []
+
+    def hook(module, _inputs, output) -> None:
+        probs = torch.softmax(output[0].float(), dim=-1)  # router logits [T, E]
+        top = probs.topk(module.top_k + 1, dim=-1).values
+        gaps.append(top[:, -2] - top[:, -1])  # [T]
+
+    routers = [layer.mlp.gate for layer in model.model.layers if hasattr(layer.mlp, "gate")]
+    handles = [r.register_forward_hook(hook) for r in routers]
+    try:
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([tokens]))
+    finally:
+        for h in handles:
+            h.remove()
+    stacked = torch.stack(gaps)  # [layers, T]
+    layer, position = divmod(int(stacked.argmin()), stacked.shape[1])
+    return {"router_margin": float(stacked.min()), "layer": layer, "position": position}
+
+
+def explain_divergences(folder: Path, reqs, hf_tokens, divergences: list[dict]) -> None:
+    """Adds to each divergence HF's closest routing decision on the path to the diverging
+    token (prompt + HF's tokens before it), next to its top-2 logit margin there."""
+    if not divergences:
+        return
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    for d in divergences:
+        prompt = reqs[d["request"]][0]
+        path = prompt + hf_tokens[d["request"]][: d["position"]]
+        found = router_margin(model, path)
+        d["hf_router_margin"] = found["router_margin"]
+        d["hf_router_margin_at"] = {
+            "layer": found["layer"],
+            "position": found["position"],  # in prompt + outputs; the prompt has len(prompt)
+            "in_prompt": found["position"] < len(prompt),
+        }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lamina bench vs-hf")
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1, help="Lamina/HF pairs, alternating")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     ap.add_argument("--out", default=None, help="write the JSON result here")
     args = ap.parse_args(argv)
+    if args.repeats < 1 or args.requests < 1:
+        ap.error("--repeats and --requests must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,22 +166,38 @@ def main(argv: list[str] | None = None) -> int:
         n_params = make_model(folder, args.seed)
         reqs = make_requests(args.requests, args.seed, BENCH_CONFIG["vocab_size"])
         useful = sum(o for _, o in reqs)
-        lam_tokens, lam_s, stats = run_lamina(folder, reqs, args.batch)
-        hf_tokens, margins, hf_s = run_hf(folder, reqs, args.batch)
+        # Lamina and HF alternate, so a shift in the host's speed (a shared VM's neighbours
+        # move this box by 15-20% between minutes) lands on both sides of a pair.
+        runs, first = [], None
+        for _ in range(args.repeats):
+            lam_tokens, lam_s, stats = run_lamina(folder, reqs, args.batch)
+            hf_tokens, margins, hf_s = run_hf(folder, reqs, args.batch)
+            if first is None:
+                first = (lam_tokens, hf_tokens, margins, stats)
+            elif (lam_tokens, hf_tokens) != first[:2]:
+                raise RuntimeError("greedy tokens changed between repeats: not deterministic")
+            runs.append({
+                "hf_seconds": round(hf_s, 2),
+                "lamina_seconds": round(lam_s, 2),
+                "hf_tokens_per_s": round(useful / hf_s, 2),
+                "lamina_tokens_per_s": round(useful / lam_s, 2),
+                "speedup": round(hf_s / lam_s, 2),
+            })  # fmt: skip
+        lam_tokens, hf_tokens, margins, stats = first
+        agreement = compare(hf_tokens, lam_tokens, margins)
+        explain_divergences(folder, reqs, hf_tokens, agreement["divergences"])
     result = {
         "params": n_params,
         "requests": len(reqs),
         "output_tokens": useful,
         "prompt_tokens": sum(len(p) for p, _ in reqs),
-        "hf_seconds": round(hf_s, 2),
-        "lamina_seconds": round(lam_s, 2),
-        "hf_tokens_per_s": round(useful / hf_s, 2),
-        "lamina_tokens_per_s": round(useful / lam_s, 2),
-        "speedup": round(hf_s / lam_s, 2),
+        "threads": torch.get_num_threads(),
+        "runs": runs,
+        "median_speedup": round(statistics.median(r["speedup"] for r in runs), 2),
         "lamina_steps": stats.steps,
         "lamina_preemptions": stats.preemptions,
         "lamina_expert_bytes_loaded": stats.expert_bytes_loaded,
-        **compare(hf_tokens, lam_tokens, margins),
+        **agreement,
     }
     text = json.dumps(result, indent=2)
     print(text)

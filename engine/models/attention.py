@@ -81,20 +81,29 @@ class _Prefill:  # one sequence with several query tokens
 
 
 @dataclass
+class _Decode:  # one sequence with a single query token
+    token: int  # row of the query in the step's T tokens
+    context: int  # keys it sees: the first `context` slots of its blocks
+    block_start: int  # its first block's index in AttentionPlan.decode_blocks
+
+
+@dataclass
 class AttentionPlan:
     """Gather indices and masks derived once per forward from AttentionMetadata; shared by
     every layer (they read the same block tables).
 
     K/V are gathered a whole block at a time (one index_select of contiguous [BS, KV, hd]
-    chunks: ~10x faster on CPU than gathering per slot). Single-token queries (decodes) run
-    as one padded SDPA call; each multi-token sequence (a prefill chunk) as its own call.
+    chunks: ~10x faster on CPU than gathering per slot). Decodes gather all their blocks in
+    one call, unpadded (padding every sequence to the longest context read ~2x the bytes on
+    a mixed batch), then attend one sequence at a time with two small bmm calls and no mask;
+    each multi-token sequence (a prefill chunk) runs as its own masked SDPA call.
     """
 
-    decode_tokens: Tensor  # [Bd] token index of each single-token query
-    decode_blocks: Tensor  # [Bd, nb_max] cache blocks, padded with block 0
-    decode_mask: Tensor  # [Bd, 1, 1, nb_max * BS] bool, True for real keys
+    decodes: list[_Decode]
+    decode_tokens: Tensor  # [Bd] int64, the decodes' query rows (== their `token`s)
+    decode_blocks: Tensor  # [sum of decodes' blocks] cache block ids, sequence after sequence
     prefills: list[_Prefill]
-    max_gather_blocks: int = 0  # blocks one SDPA call gathers at most (workspace size)
+    max_gather_blocks: int = 0  # blocks one gather reads at most (workspace size)
     _workspace: Tensor | None = None  # [2, max_gather_blocks, BS, KV, hd], made on first use
 
     def workspace(self, kv_cache: Tensor) -> Tensor:
@@ -112,28 +121,30 @@ class AttentionPlan:
         starts = md.query_start_loc.tolist()
         ctx_lens = md.context_lens.tolist()
         bs = md.block_size
-        decode_rows, prefills = [], []
+        decodes, decode_rows, prefills = [], [], []
+        num_decode_blocks = 0
         for b, ctx in enumerate(ctx_lens):
             q_len = starts[b + 1] - starts[b]
-            if q_len == 1:
-                decode_rows.append(b)
-                continue
             n_blocks = (ctx + bs - 1) // bs
+            if q_len == 1:
+                decodes.append(_Decode(starts[b], ctx, num_decode_blocks))
+                decode_rows.append(md.block_tables[b, :n_blocks])
+                num_decode_blocks += n_blocks
+                continue
             # query i sits at position ctx - q_len + i and sees keys at positions <= it
             q_pos = torch.arange(ctx - q_len, ctx, device=device)
             mask = torch.arange(n_blocks * bs, device=device)[None, :] <= q_pos[:, None]
             prefills.append(_Prefill(starts[b], q_len, md.block_tables[b, :n_blocks], mask))
-
-        rows = torch.tensor(decode_rows, dtype=torch.int64, device=device)
-        n_blocks = (max((ctx_lens[b] for b in decode_rows), default=0) + bs - 1) // bs
-        key_pos = torch.arange(n_blocks * bs, device=device)
-        dec_mask = key_pos[None, :] < md.context_lens[rows][:, None]  # [Bd, nb_max * BS]
+        if decode_rows:
+            decode_blocks = torch.cat(decode_rows)
+        else:
+            decode_blocks = torch.empty(0, dtype=torch.int64, device=device)
         return AttentionPlan(
-            md.query_start_loc[rows],
-            md.block_tables[rows, :n_blocks],
-            dec_mask[:, None, None, :],
+            decodes,
+            torch.tensor([d.token for d in decodes], dtype=torch.int64, device=device),
+            decode_blocks,
             prefills,
-            max([len(decode_rows) * n_blocks] + [p.blocks.numel() for p in prefills]),
+            max([num_decode_blocks] + [p.blocks.numel() for p in prefills]),
         )
 
 
@@ -159,22 +170,33 @@ def paged_attention(
 ) -> Tensor:
     """q [T, H, hd] (K/V already written to the cache) -> out [T, H, hd]; scale 1/sqrt(hd).
 
-    Decodes: the G query heads sharing a kv head are folded into the query-row axis, so SDPA
-    sees [Bd, KV, G, hd] against [Bd, KV, C, hd] without copying K/V per head. Prefill chunks:
-    [1, H, q_len, hd] against [1, KV, C, hd] with SDPA's grouped-query mode.
+    Decodes: the G query heads sharing a kv head are the rows of one [KV, G, hd] @ [KV, hd, C]
+    bmm, so K/V are never copied per head; softmax in fp32. Prefill chunks: [1, H, q_len, hd]
+    against [1, KV, C, hd] with SDPA's grouped-query mode.
     """
     num_tokens, num_heads, hd = q.shape
     kv_heads = kv_cache.shape[3]
+    group = num_heads // kv_heads
+    scale = hd**-0.5 if scale is None else scale
     out = torch.empty_like(q)
     ws = plan.workspace(kv_cache)
 
-    if plan.decode_tokens.numel():
-        bd = plan.decode_tokens.numel()
-        qd = q[plan.decode_tokens].view(bd, kv_heads, num_heads // kv_heads, hd)
-        kd = _gather_blocks(kv_cache[0], plan.decode_blocks, ws[0], q.dtype)  # [Bd, KV, C, hd]
-        vd = _gather_blocks(kv_cache[1], plan.decode_blocks, ws[1], q.dtype)
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=plan.decode_mask, scale=scale)
-        out[plan.decode_tokens] = od.reshape(bd, num_heads, hd)
+    if plan.decodes:
+        n = plan.decode_blocks.numel()
+        keys = torch.index_select(kv_cache[0], 0, plan.decode_blocks, out=ws[0, :n])
+        values = torch.index_select(kv_cache[1], 0, plan.decode_blocks, out=ws[1, :n])
+        keys, values = keys.flatten(0, 1), values.flatten(0, 1)  # [n * BS, KV, hd]
+        bs = kv_cache.shape[2]
+        rows = plan.decode_tokens
+        queries = q.index_select(0, rows).float().mul_(scale).view(-1, kv_heads, group, hd)
+        outs = []
+        for i, d in enumerate(plan.decodes):
+            span = slice(d.block_start * bs, d.block_start * bs + d.context)
+            k = keys[span].transpose(0, 1).float()  # [KV, C, hd]
+            v = values[span].transpose(0, 1).float()
+            weights = torch.softmax(torch.bmm(queries[i], k.transpose(1, 2)), dim=-1)
+            outs.append(torch.bmm(weights, v))  # [KV, G, C] @ [KV, C, hd]
+        out.index_copy_(0, rows, torch.stack(outs).view(-1, num_heads, hd).to(q.dtype))
 
     for p in plan.prefills:
         rows = slice(p.token_start, p.token_start + p.q_len)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lamina_engine.models.attention import (
@@ -22,7 +21,14 @@ from lamina_engine.models.attention import (
     write_kv_cache,
 )
 from lamina_engine.models.config import ModelConfig
-from lamina_engine.models.layers import DenseMLP, RMSNorm, RotaryEmbedding, apply_rotary
+from lamina_engine.models.layers import (
+    DenseMLP,
+    Linear,
+    RMSNorm,
+    RotaryEmbedding,
+    apply_rotary,
+    linear,
+)
 from lamina_engine.models.moe import ExpertStats, MoE
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -35,8 +41,8 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = h, kv, hd
         self.clip_qkv = config.clip_qkv
         # q, k, v fused into one [(H + 2 KV) * hd, D] projection: one matmul per layer.
-        self.qkv_proj = nn.Linear(d, (h + 2 * kv) * hd, bias=config.attention_bias)
-        self.o_proj = nn.Linear(h * hd, d, bias=config.attention_bias)
+        self.qkv_proj = Linear(d, (h + 2 * kv) * hd, bias=config.attention_bias)
+        self.o_proj = Linear(h * hd, d, bias=config.attention_bias)
         self.qk_norm = config.qk_norm
         if config.qk_norm == "per_head":
             self.q_norm = RMSNorm(hd, config.rms_norm_eps)
@@ -112,7 +118,7 @@ class CausalLM(nn.Module):
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            else Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         self.rotary = RotaryEmbedding(config)
 
@@ -194,7 +200,7 @@ class CausalLM(nn.Module):
     @torch.no_grad()
     def compute_logits(self, hidden: Tensor) -> Tensor:  # [N, D] -> [N, V] fp32
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return linear(hidden, weight).float()
 
 
 def allocate_kv_caches(

@@ -13,6 +13,53 @@ from torch import Tensor, nn
 
 from lamina_engine.models.config import ModelConfig, RopeConfig
 
+# CPU matmul kernel choice, measured on torch 2.13's CPU build (docs/benchmarks.md, "CPU matmul
+# kernels"). A weight w [N, K] times x [M, K] rows is bound by streaming w for small M:
+# - 2 <= M <= 4 (a decode step's rows per expert): torch.mm(w, x^T), x^T a transposed view of
+#   row-major x, streams w about twice as fast as F.linear (MKL). Keep B a transposed view:
+#   mm(w, b) with b row-major [K, M] is 4x slower than either.
+# - otherwise: oneDNN's linear (the op Inductor's CPU backend emits) on the plain fp32 weight is
+#   1.3-2.2x faster than F.linear from M = 6 on, up to prefill-sized M. Still fp32 arithmetic
+#   (IEEE; agrees with F.linear to ~5e-6 relative, summation order only).
+_CPU_FEW_ROWS = range(2, 5)
+
+
+def _onednn_linear():
+    """oneDNN's fp32 linear if this torch build runs it, else None."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        x, w = torch.ones(3, 8), torch.ones(5, 8)
+        if not torch.equal(op(x, w, None, "none", [], ""), F.linear(x, w)):
+            return None
+    except RuntimeError:
+        return None
+    return op
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear for x [M, K], weight [N, K] -> [M, N] (contiguous), with the fastest CPU kernel
+    for M (see above); F.linear itself off the CPU."""
+    if x.device.type != "cpu" or x.dim() != 2:
+        return F.linear(x, weight, bias)
+    if x.shape[0] in _CPU_FEW_ROWS:
+        out = torch.mm(weight, x.t()).t().contiguous()  # [N, M] -> [M, N]
+        return out if bias is None else out.add_(bias)
+    if _ONEDNN_LINEAR is not None and x.dtype == weight.dtype == torch.float32:
+        return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) computed by `linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
 
 class RMSNorm(nn.Module):
     """y = w * (x / sqrt(mean(x^2) + eps)); the statistics in fp32, then back to x's dtype."""
@@ -90,8 +137,8 @@ class DenseMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool) -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
-        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:  # x [T, D] -> [T, D]
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lamina_engine.models.config import ModelConfig
+from lamina_engine.models.layers import Linear, linear
 
 
 @dataclass
@@ -79,8 +80,8 @@ def experts_forward(
             continue
         rows = slice(start, start + n)
         start += n
-        gate, up = F.linear(x_sorted[rows], w13[expert]).split(two_i // 2, dim=-1)  # [n, I]
-        torch.mm(F.silu(gate) * up, w2[expert].t(), out=y_sorted[rows])  # [n, D]
+        gate, up = linear(x_sorted[rows], w13[expert]).split(two_i // 2, dim=-1)  # [n, I]
+        y_sorted[rows] = linear(F.silu(gate) * up, w2[expert])  # [n, D]
     y_sorted.mul_(weights.reshape(-1)[order, None].to(y_sorted.dtype))
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
@@ -99,7 +100,7 @@ class MoE(nn.Module):
         # Qwen3-MoE/OLMoE cast routing weights back to the activation dtype before use;
         # Mixtral keeps them in fp32 (matters only for bf16/fp16).
         self.weights_in_activation_dtype = config.model_type != "mixtral"
-        self.router = nn.Linear(d, e, bias=False)  # weight [E, D]
+        self.router = Linear(d, e, bias=False)  # weight [E, D]
         self.w13 = nn.Parameter(torch.empty(e, 2 * i, d))
         self.w2 = nn.Parameter(torch.empty(e, d, i))
         self.stats = stats

@@ -1,0 +1,92 @@
+"""The CPU kernel choices behind the model's matmuls and decode attention give F.linear's and
+dense attention's results (fp32: agreement to summation order; bf16: to bf16 rounding)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lamina_engine.models import AttentionMetadata
+from lamina_engine.models.attention import AttentionPlan, paged_attention, write_kv_cache
+from lamina_engine.models.layers import Linear, linear
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 12, 16, 33, 200])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_matches_f_linear_for_every_row_count(rows, with_bias):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 96, generator=g)
+    w = torch.randn(40, 96, generator=g)
+    b = torch.randn(40, generator=g) if with_bias else None
+    got, want = linear(x, w, b), F.linear(x, w, b)
+    assert got.shape == (rows, 40) and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_takes_non_contiguous_rows_and_bf16():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 64, generator=g)
+    w = torch.randn(24, 32, generator=g)
+    for x in (base[::2, :32], base[:, ::2], base[:3, 5:37]):  # 3 rows (mm path), strided
+        torch.testing.assert_close(linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    for rows in (3, 7):
+        xb, wb = torch.randn(rows, 32, generator=g).bfloat16(), w.bfloat16()
+        got = linear(xb, wb)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), F.linear(xb, wb).float(), rtol=2e-2, atol=5e-2)
+
+
+def test_linear_module_keeps_nn_linear_parameters():
+    m = Linear(8, 5, bias=True)
+    assert set(m.state_dict()) == {"weight", "bias"}
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(m(x), F.linear(x, m.weight, m.bias))
+
+
+def dense_attention(q, k, v, q_pos):
+    """q [n, H, hd] at absolute positions q_pos; k, v [C, KV, hd] for positions [0, C)."""
+    heads, kv_heads = q.shape[1], k.shape[1]
+    k = k.repeat_interleave(heads // kv_heads, dim=1).transpose(0, 1)  # [H, C, hd]
+    v = v.repeat_interleave(heads // kv_heads, dim=1).transpose(0, 1)
+    mask = torch.arange(k.shape[1])[None, :] <= torch.tensor(q_pos)[:, None]  # [n, C]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask)
+    return out.transpose(0, 1)  # [n, H, hd]
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 4, 16), (8, 4, 24), (8, 2, 32)])
+def test_paged_attention_decodes_and_chunks_match_dense(heads, kv_heads, head_dim):
+    """Decodes of very different context lengths (unpadded gather) beside prefill chunks, over
+    shuffled blocks, against dense attention on each sequence's own keys."""
+    rng = random.Random(heads * head_dim)
+    bs, num_blocks = 8, 96
+    cache = torch.zeros(2, num_blocks, bs, kv_heads, head_dim)
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    # (context already cached, tokens this step): decodes with 1..120 keys, two chunks
+    shapes = [(0, 1), (119, 1), (37, 1), (0, 9), (15, 1), (20, 11), (63, 1)]
+    tables = []
+    for start, n in shapes:
+        tables.append([free.pop() for _ in range(-(-(start + n) // bs))])
+    ks = [torch.randn(s + n, kv_heads, head_dim) for s, n in shapes]
+    vs = [torch.randn(s + n, kv_heads, head_dim) for s, n in shapes]
+    md = AttentionMetadata.build([s for s, _ in shapes], [n for _, n in shapes], tables, bs)
+    # Fill the cache: earlier positions as if written by previous steps, then this step's.
+    for (start, _), table, k, v in zip(shapes, tables, ks, vs, strict=True):
+        if start:
+            old = AttentionMetadata.build([0], [start], [table], bs)
+            write_kv_cache(cache, old.slot_mapping, k[:start], v[:start])
+    new_k = torch.cat([k[s:] for (s, _), k in zip(shapes, ks, strict=True)])
+    new_v = torch.cat([v[s:] for (s, _), v in zip(shapes, vs, strict=True)])
+    write_kv_cache(cache, md.slot_mapping, new_k, new_v)
+    q = torch.randn(new_k.shape[0], heads, head_dim)
+
+    out = paged_attention(q, cache, AttentionPlan.from_metadata(md))
+
+    row = 0
+    for (start, n), k, v in zip(shapes, ks, vs, strict=True):
+        want = dense_attention(q[row : row + n], k, v, list(range(start, start + n)))
+        torch.testing.assert_close(out[row : row + n], want, rtol=1e-5, atol=1e-5)
+        row += n
