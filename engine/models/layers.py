@@ -19,7 +19,7 @@ from lamina_engine.models.config import ModelConfig, RopeConfig
 #   row-major x, streams w about twice as fast as F.linear (MKL). Keep B a transposed view:
 #   mm(w, b) with b row-major [K, M] is 4x slower than either.
 # - otherwise: oneDNN's linear (the op Inductor's CPU backend emits) on the plain fp32 weight is
-#   1.3-2.2x faster than F.linear from M = 6 on, up to prefill-sized M. Still fp32 arithmetic
+#   1.2-2.3x faster than F.linear from M = 6 on, up to prefill-sized M. Still fp32 arithmetic
 #   (IEEE; agrees with F.linear to ~5e-6 relative, summation order only).
 _CPU_FEW_ROWS = range(2, 5)
 
