@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,18 @@ def stack(tiny_model, redis_server):
     yield s
     for running in (s.router, s.decode, s.prefill):
         running.stop()
+
+
+@pytest.fixture
+def wait_for():
+    """wait_for(predicate, timeout_s=10): poll until predicate() is true, else fail."""
+
+    def wait(predicate, timeout_s: float = 10.0) -> None:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if predicate():
+                return
+            time.sleep(0.01)
+        raise AssertionError("condition not met in time")
+
+    return wait

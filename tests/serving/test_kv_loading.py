@@ -32,15 +32,6 @@ def complete(url: str, handle: str | None = None, timeout: float = 60, prompt=PR
     return r.json()["choices"][0]
 
 
-def wait_for(predicate, timeout_s: float = 10.0) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 class Pods:
     def __init__(self, staging, decode, redis_url: str) -> None:
         self.staging, self.decode, self.redis_url = staging, decode, redis_url
@@ -150,7 +141,7 @@ def expected(unified) -> list[int]:
     return complete(unified.url)["token_ids"]
 
 
-def test_each_group_is_loaded_before_the_last_is_published(pods, expected):
+def test_each_group_is_loaded_before_the_last_is_published(pods, expected, wait_for):
     handle = f"early-{uuid.uuid4().hex}"
     blobs = pods.stage(handle)
     assert len(blobs) == 4
@@ -177,7 +168,7 @@ def test_each_group_is_loaded_before_the_last_is_published(pods, expected):
 
 @pytest.mark.parametrize("failure", ["corrupt", "never-comes"])
 def test_a_transfer_that_breaks_after_group_0_recomputes_and_frees_its_blocks(
-    pods, expected, failure
+    pods, expected, failure, wait_for
 ):
     handle = f"{failure}-{uuid.uuid4().hex}"
     blobs = pods.stage(handle)
@@ -194,7 +185,7 @@ def test_a_transfer_that_breaks_after_group_0_recomputes_and_frees_its_blocks(
     wait_for(pods.all_free)
 
 
-def test_a_client_gone_mid_transfer_releases_the_reservation(pods):
+def test_a_client_gone_mid_transfer_releases_the_reservation(pods, wait_for):
     handle = f"gone-{uuid.uuid4().hex}"
     blobs = pods.stage(handle)
     before = dict(pods.ae.fallbacks)
@@ -210,7 +201,7 @@ def test_a_client_gone_mid_transfer_releases_the_reservation(pods):
     assert pods.ae.fallbacks == before  # an abort, not a recompute
 
 
-def test_no_free_blocks_at_reservation_recomputes(pods, start, tiny_model, expected):
+def test_no_free_blocks_at_reservation_recomputes(pods, start, tiny_model, expected, wait_for):
     """Another request's reservation holds the blocks: this one recomputes instead, once they
     come back (that one's KV never completes), and ignores its own groups that still arrive."""
     small = start(role="decode", model=str(tiny_model), kv_backend="redis", deployment="live",

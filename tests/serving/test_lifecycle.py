@@ -10,15 +10,6 @@ import pytest
 BODY = {"model": "tiny-moe", "prompt": "Hello there", "max_tokens": 4, "temperature": 0}
 
 
-def wait_for(predicate, timeout_s: float = 10.0) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_metrics_names(unified):
     httpx.post(f"{unified.url}/v1/completions", json=BODY, timeout=30).raise_for_status()
     text = httpx.get(f"{unified.url}/metrics", timeout=5).text
@@ -33,7 +24,7 @@ def test_metrics_names(unified):
     assert float(ttft[0].split()[-1]) >= 1
 
 
-def test_client_disconnect_aborts_the_request(unified):
+def test_client_disconnect_aborts_the_request(unified, wait_for):
     engine = unified.server.async_engine
     body = dict(BODY, max_tokens=400, stream=True, ignore_eos=True)
     with httpx.stream("POST", f"{unified.url}/v1/completions", json=body, timeout=30) as r:
@@ -54,7 +45,7 @@ def test_drain_refuses_new_work_and_fails_health(start, tiny_model):
     assert r.status_code == 503 and "draining" in r.json()["error"]["message"]
 
 
-def test_router_backends_from_file_and_draining_backend(start, tiny_model, tmp_path):
+def test_router_backends_from_file_and_draining_backend(start, tiny_model, tmp_path, wait_for):
     a = start(role="unified", model=str(tiny_model))
     b = start(role="unified", model=str(tiny_model))
     listing = tmp_path / "backends"
