@@ -81,8 +81,7 @@ class _Prefill:  # one sequence with several query tokens
 
 
 @dataclass
-class _Decode:  # one sequence with a single query token
-    token: int  # row of the query in the step's T tokens
+class _Decode:  # one sequence with a single query token (its row: AttentionPlan.decode_tokens)
     context: int  # keys it sees: the first `context` slots of its blocks
     block_start: int  # its first block's index in AttentionPlan.decode_blocks
 
@@ -100,7 +99,7 @@ class AttentionPlan:
     """
 
     decodes: list[_Decode]
-    decode_tokens: Tensor  # [Bd] int64, the decodes' query rows (== their `token`s)
+    decode_tokens: Tensor  # [Bd] int64, each decode's query row in the step's T tokens
     decode_blocks: Tensor  # [sum of decodes' blocks] cache block ids, sequence after sequence
     prefills: list[_Prefill]
     max_gather_blocks: int = 0  # blocks one gather reads at most (workspace size)
@@ -121,13 +120,14 @@ class AttentionPlan:
         starts = md.query_start_loc.tolist()
         ctx_lens = md.context_lens.tolist()
         bs = md.block_size
-        decodes, decode_rows, prefills = [], [], []
+        decodes, decode_tokens, decode_rows, prefills = [], [], [], []
         num_decode_blocks = 0
         for b, ctx in enumerate(ctx_lens):
             q_len = starts[b + 1] - starts[b]
             n_blocks = (ctx + bs - 1) // bs
             if q_len == 1:
-                decodes.append(_Decode(starts[b], ctx, num_decode_blocks))
+                decodes.append(_Decode(ctx, num_decode_blocks))
+                decode_tokens.append(starts[b])
                 decode_rows.append(md.block_tables[b, :n_blocks])
                 num_decode_blocks += n_blocks
                 continue
@@ -141,7 +141,7 @@ class AttentionPlan:
             decode_blocks = torch.empty(0, dtype=torch.int64, device=device)
         return AttentionPlan(
             decodes,
-            torch.tensor([d.token for d in decodes], dtype=torch.int64, device=device),
+            torch.tensor(decode_tokens, dtype=torch.int64, device=device),
             decode_blocks,
             prefills,
             max([num_decode_blocks] + [p.blocks.numel() for p in prefills]),
