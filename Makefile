@@ -6,9 +6,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-# operator/ is a folder at the repo root; never let Python put the cwd on sys.path, or the
-# folder would shadow the standard library's `operator` module.
-export PYTHONSAFEPATH := 1
 # helm and the kube-apiserver build are cached per user, so a fresh clone reuses them.
 export LAMINA_E2E_CACHE ?= $(HOME)/.cache/lamina/e2e
 
@@ -16,7 +13,7 @@ export LAMINA_E2E_CACHE ?= $(HOME)/.cache/lamina/e2e
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip

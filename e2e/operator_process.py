@@ -80,7 +80,7 @@ class OperatorProcess:
             argv.append(f"--namespace={ns}")
         # The same flag the chart's Deployment passes (its liveness probe reads GET /healthz).
         argv.append(f"--liveness-port={self.health_port}")
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONSAFEPATH": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

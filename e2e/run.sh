@@ -8,8 +8,6 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 cd "$repo"
-# operator/ at the repo root would shadow the stdlib `operator` module.
-export PYTHONSAFEPATH=1
 python="${PYTHON:-$repo/.venv/bin/python}"
 [ -x "$python" ] || { echo "e2e/run.sh: $python not found; run \`make install\` first" >&2; exit 1; }
 

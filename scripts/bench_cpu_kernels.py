@@ -2,12 +2,12 @@
 
 Matmuls: F.linear vs torch.mm(w, x^T) vs oneDNN's linear vs what `linear` picks.
 
-    PYTHONSAFEPATH=1 .venv/bin/python scripts/bench_cpu_kernels.py [--threads 1]
+    .venv/bin/python scripts/bench_cpu_kernels.py [--threads 1]
 
 The table behind `lamina_engine.models.layers.linear`'s kernel choice. Each cell is the best of
 5 passes over `count` distinct weights of one shape (more bytes than the caches hold, so every
 pass streams the weights from memory, as a decode step does), in GB/s of weight read; the
-shapes are the vs-hf benchmark model's (engine/bench/random_models.py): an expert's gate+up
+shapes are the vs-hf benchmark model's (engine/lamina_engine/bench/random_models.py): an expert's gate+up
 [512, 512] and down [512, 256] projections, and the LM head [16000, 512].
 
 Decode attention: one layer of 16 decodes with seeded context lengths 32-768 over a paged cache

@@ -1,6 +1,6 @@
 """Decode-side KV load time: the whole load vs what stays exposed after the last layer group.
 
-    PYTHONSAFEPATH=1 .venv/bin/python scripts/bench_kv_load.py [--tokens 401] [--repeats 7]
+    .venv/bin/python scripts/bench_kv_load.py [--tokens 401] [--repeats 7]
 
 Starts redis-server, a layered prefill pod (G = 4 layer groups for a prompt of up to 4 x
 --group-tokens tokens, each shipped as soon as it is computed), a decode pod and a router, one
@@ -69,7 +69,7 @@ def decode_pod(log_path: str, serve_args: list[str]) -> int:
 class Stack:
     def __init__(self, log_path: str, group_tokens: int) -> None:
         self.procs: list[subprocess.Popen] = []
-        env = dict(os.environ, PYTHONSAFEPATH="1")
+        env = dict(os.environ)
         rport, pport, dport, self.port = (_free_port() for _ in range(4))
         redis = shutil.which("redis-server")
         if redis is None:

@@ -1,13 +1,13 @@
-"""Train the tiny Qwen3-MoE demo checkpoint that ships in engine/demo/model/.
+"""Train the tiny Qwen3-MoE demo checkpoint that ships in engine/lamina_engine/demo/model/.
 
 The corpus is Debian's `fortunes` package (BSD fortune cookies: quotes, jokes, short poems),
 read from /usr/share/games/fortunes, plus synthetic ChatML turns whose assistant answers are
 fortunes, so both plain completion and chat give English words that end with EOS.
 
     apt-get install -y fortunes
-    PYTHONSAFEPATH=1 .venv/bin/python scripts/train_demo_model.py --out engine/demo/model --steps 700
+    .venv/bin/python scripts/train_demo_model.py --out engine/lamina_engine/demo/model --steps 700
 
-That is the run that made the shipped model (engine/demo/README.md has its numbers). Instead of
+That is the run that made the shipped model (engine/lamina_engine/demo/README.md has its numbers). Instead of
 `--steps`, `--minutes N` times the first steps and turns the budget into a step count (printed),
 which `--steps` then reproduces exactly (seeds are fixed; CPU, 2 threads).
 """

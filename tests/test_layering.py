@@ -14,13 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-PACKAGES = {"engine": "lamina_engine", "operator": "lamina_operator"}
+ENGINE = "engine/lamina_engine"
+OPERATOR = "operator/lamina_operator"
 
 
 def module_package(path: Path) -> list[str]:
-    """The dotted package a file belongs to, e.g. engine/core/x.py -> [lamina_engine, core]."""
-    parts = list(path.relative_to(ROOT).parent.parts)
-    return [PACKAGES[parts[0]], *parts[1:]]
+    """The dotted package a file belongs to, e.g. engine/lamina_engine/core/x.py ->
+    [lamina_engine, core]: the layer folder (engine/, operator/) is not part of the name."""
+    return list(path.relative_to(ROOT).parent.parts[1:])
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -49,7 +50,7 @@ def python_files(folder: str) -> list[Path]:
     return sorted((ROOT / folder).rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", python_files("operator"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", python_files(OPERATOR), ids=lambda p: str(p.relative_to(ROOT)))
 def test_operator_imports_no_torch_or_engine(path):
     bad = top_level(imported_modules(path)) & {"torch", "triton", "lamina_engine"}
     assert not bad, (
@@ -57,15 +58,15 @@ def test_operator_imports_no_torch_or_engine(path):
     )
 
 
-@pytest.mark.parametrize("path", python_files("engine"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", python_files(ENGINE), ids=lambda p: str(p.relative_to(ROOT)))
 def test_engine_imports_no_kopf(path):
     bad = top_level(imported_modules(path)) & {"kopf", "lamina_operator"}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
 SCHEDULER_CORE = [
-    "engine/sequence.py",
-    *[str(p.relative_to(ROOT)) for p in python_files("engine/core")],
+    f"{ENGINE}/sequence.py",
+    *[str(p.relative_to(ROOT)) for p in python_files(f"{ENGINE}/core")],
 ]
 
 
@@ -82,9 +83,21 @@ def test_no_top_level_package_named_operator():
 
     import lamina_operator
 
-    assert Path(lamina_operator.__file__).parent == ROOT / "operator"
-    # The stdlib module must win: the folder is only ever imported as lamina_operator.
+    assert Path(lamina_operator.__file__).parent == ROOT / OPERATOR
+    # The stdlib module must win even with the repo root on sys.path (as `python -m` puts it):
+    # operator/ holds no __init__.py, only the lamina_operator package.
     assert hasattr(operator, "itemgetter"), operator.__file__
+    assert not (ROOT / "operator" / "__init__.py").exists()
+
+
+def test_editable_install_is_plain_paths():
+    """Imports resolve through plain sys.path entries (engine/, operator/), not an import hook,
+    so IDEs and type checkers follow them and tracebacks name the files that were imported."""
+    import importlib.util
+
+    for name, folder in (("lamina_engine", ENGINE), ("lamina_operator", OPERATOR)):
+        spec = importlib.util.find_spec(name)
+        assert Path(spec.origin).parent == ROOT / folder, spec.origin
 
 
 def test_ruff_clean():

@@ -72,8 +72,8 @@ def test_engine_image_installs_the_engine_extra_and_a_selectable_torch():
 
 
 def test_engine_user_matches_the_uid_the_operator_puts_in_pod_specs():
-    constants = (REPO / "operator" / "constants.py").read_text()
+    constants = (REPO / "operator" / "lamina_operator" / "constants.py").read_text()
     match = re.search(r"^ENGINE_UID = (\d+)", constants, re.M)
-    assert match, "operator/constants.py must define ENGINE_UID (the pods' runAsUser)"
+    assert match, "operator/lamina_operator/constants.py must define ENGINE_UID (the pods' runAsUser)"
     users = [arg for word, arg in final_stage(ENGINE) if word == "USER"]
     assert users[-1].split(":")[0] == match.group(1)

@@ -66,7 +66,7 @@ class Prefill:
     def __init__(self, tmp_path, ttl_s: float = 60.0, staging_bytes: int = 8 << 20) -> None:
         script = tmp_path / "prefill_child.py"
         script.write_text(CHILD)
-        env = dict(os.environ, PYTHONSAFEPATH="1", UCX_LOG_LEVEL="error")
+        env = dict(os.environ, UCX_LOG_LEVEL="error")
         self.tmp = tmp_path
         self.proc = subprocess.Popen(
             [sys.executable, str(script), str(ttl_s), str(staging_bytes)],

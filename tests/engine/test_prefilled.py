@@ -1,4 +1,4 @@
-"""Prefilled requests (engine/prefilled.py): a decode engine reserves blocks, loads the prompt KV
+"""Prefilled requests (engine/lamina_engine/prefilled.py): a decode engine reserves blocks, loads the prompt KV
 a prefill engine computed one layer group at a time, activates the request and decodes on with
 exactly the greedy tokens of a local run (fp32, the shipped demo checkpoint, no transformers).
 A group that does not fit raises ValueError and release gives back every block."""

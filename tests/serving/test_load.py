@@ -39,7 +39,7 @@ def spawn_prefill(model, port: int, redis_url: str) -> subprocess.Popen:
             "--model", str(model), "--port", str(port), "--served-model-name", "tiny-moe",
             "--dtype", "float32", "--device", "cpu", "--num-gpu-blocks", "256",
             "--kv-backend", "redis", "--kv-redis-url", redis_url]  # fmt: skip
-    env = dict(os.environ, PYTHONSAFEPATH="1", LAMINA_DEPLOYMENT="load")
+    env = dict(os.environ, LAMINA_DEPLOYMENT="load")
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

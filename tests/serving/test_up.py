@@ -21,7 +21,7 @@ def test_lamina_up_serves_and_stops(tiny_model, redis_server):
     proc = subprocess.Popen(
         [sys.executable, "-m", "lamina_engine.cli", "up", "--model", str(tiny_model),
          "--port", str(port)],
-        env=dict(os.environ, PYTHONSAFEPATH="1"), stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:

@@ -16,7 +16,7 @@ def demo_model_path() -> Path:
     if missing:
         raise FileNotFoundError(
             f"The demo model folder {folder} lacks {', '.join(missing)}. Reinstall lamina, or "
-            "rebuild it from a source checkout with `PYTHONSAFEPATH=1 python "
-            "scripts/train_demo_model.py --out engine/demo/model` (needs `apt-get install fortunes`)."
+            "rebuild it from a source checkout with `python "
+            "scripts/train_demo_model.py --out engine/lamina_engine/demo/model` (needs `apt-get install fortunes`)."
         )
     return folder

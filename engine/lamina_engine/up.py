@@ -13,7 +13,6 @@ SIGTERM stops everything, newest first.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import socket
@@ -38,9 +37,8 @@ class Stack:
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def spawn(self, name: str, args: list[str], quiet: bool = False) -> None:
-        env = dict(os.environ, PYTHONSAFEPATH="1")
         out = subprocess.DEVNULL if quiet else None
-        self.procs.append((name, subprocess.Popen(args, env=env, stdout=out)))
+        self.procs.append((name, subprocess.Popen(args, stdout=out)))
 
     def serve(self, role: str, port: int, model: str | None, *extra: str, host="127.0.0.1"):
         args = [sys.executable, "-m", "lamina_engine.cli", "serve", "--role", role,
