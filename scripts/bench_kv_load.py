@@ -9,7 +9,7 @@ disaggregated completions one at a time (after --warmup), each with its own rand
 --tokens token ids so no prefix cache helps, and reports per request and as medians:
 
     total    the decode pod starts waiting for group 0 -> the request is decoding
-    exposed  the last group's blob came in -> the request is decoding (DESIGN.md §3.7)
+    exposed  the last group's blob came in -> the request is decoding (docs/design.md §3.7)
 
 The decode pod runs this file with --decode-pod: it timestamps every KVTransport.wait_group
 return and the moment the request's first output is published (it is decoding from then on),

@@ -1,6 +1,6 @@
 """Prefilled requests: prompts whose KV a prefill pod computed, loaded group by group.
 
-A disaggregated decode pod does not wait for the whole prompt KV (DESIGN.md §3.6 step 3):
+A disaggregated decode pod does not wait for the whole prompt KV (docs/design.md §3.6 step 3):
 
     reserve(rid, ids, params)          blocks for the prompt, outside the running set
     load_group(rid, layer_start, kv)   scatter one layer group as soon as it arrives

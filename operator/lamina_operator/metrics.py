@@ -1,4 +1,4 @@
-"""Prometheus metrics of the operator process (DESIGN.md §6: `lamina_` prefix, base units).
+"""Prometheus metrics of the operator process (docs/design.md §6: `lamina_` prefix, base units).
 
 One operator per process, so these live in prometheus_client's default registry, which
 `lamina-operator run --metrics-port` serves (with the client's process_* metrics). The

@@ -1,4 +1,4 @@
-"""Disaggregated serving with SPEED (DESIGN.md §3.4, §3.7) over a real redis-server: the prefill
+"""Disaggregated serving with SPEED (docs/design.md §3.4, §3.7) over a real redis-server: the prefill
 pod ships layers [0, K) of every prompt token plus layers [K, L) of the full-depth prompt tokens
 only, the decode pod continues from them with the tokens of a unified SPEED server (greedy,
 fp32), and the bytes shipped shrink to about K/L of the full-depth bytes."""

@@ -1,4 +1,4 @@
-"""A decode pod loads shipped KV group by group as it arrives (DESIGN.md §3.6 step 3), over a
+"""A decode pod loads shipped KV group by group as it arrives (docs/design.md §3.6 step 3), over a
 real redis-server: each group is in its KV cache before the next is even published, a transfer
 that breaks after some groups recomputes with the right tokens, and no path leaks a block.
 

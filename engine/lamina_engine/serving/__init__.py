@@ -1,4 +1,4 @@
-"""Serving: OpenAI-compatible HTTP servers for the engine roles and the router (DESIGN.md §3.6, §4).
+"""Serving: OpenAI-compatible HTTP servers for the engine roles and the router (docs/design.md §3.6, §4).
 
 config.py         ServeConfig from `lamina serve` flags and LAMINA_* variables
 protocol.py       OpenAI request bodies, errors, SamplingParams from a request

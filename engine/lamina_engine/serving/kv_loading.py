@@ -1,6 +1,6 @@
 """KVLoads: a decode pod loads a prefilled request's KV group by group as it arrives.
 
-DESIGN.md §3.6 step 3. The handler side (event loop) turns the received groups into commands;
+docs/design.md §3.6 step 3. The handler side (event loop) turns the received groups into commands;
 the engine thread, which alone touches the Engine, applies them between steps:
 
     handler: feed()                                engine thread: apply()

@@ -1,4 +1,4 @@
-"""Prompt KV between a prefill pod and a decode pod, over a KVTransport (DESIGN.md §3.7).
+"""Prompt KV between a prefill pod and a decode pod, over a KVTransport (docs/design.md §3.7).
 
 Prefill side: `publish_group` encodes one layer group [2, L, T, Hkv*D] with the wire format and
 puts it, as soon as the group is computed; the last group carries the first sampled token.

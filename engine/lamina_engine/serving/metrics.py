@@ -1,4 +1,4 @@
-"""Prometheus metrics of one server process (DESIGN.md §6: `lamina_` prefix, base units).
+"""Prometheus metrics of one server process (docs/design.md §6: `lamina_` prefix, base units).
 
 Each server owns its own CollectorRegistry, so several servers in one process (tests, the
 router beside engines) never collide on names.
@@ -71,7 +71,7 @@ class ServerMetrics:
             ["role", "direction"], buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         # Layer groups pipeline the transfer: only what follows the last group stays exposed
-        # (prefill: its put; decode: its decode and scatter). DESIGN.md §3.7: about 1/G.
+        # (prefill: its put; decode: its decode and scatter). docs/design.md §3.7: about 1/G.
         self.kv_exposed = Histogram(
             "lamina_kv_transfer_exposed_seconds", "Wall time of one request's KV transfer left "
             "after its last layer group: computed to published (prefill), or arrived to the "

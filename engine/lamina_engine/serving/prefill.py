@@ -3,7 +3,7 @@
 The engine thread hands over each layer group's KV (CPU tensor) the moment it exists, through
 `ship`; each becomes a put on the event loop while the engine goes on with the next group. The
 request's answer waits for every put, and reports the exposed transfer time: from the last
-group computed to the last put done (DESIGN.md §3.7: about 1/G of the whole transfer).
+group computed to the last put done (docs/design.md §3.7: about 1/G of the whole transfer).
 """
 
 from __future__ import annotations

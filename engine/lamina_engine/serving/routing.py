@@ -1,4 +1,4 @@
-"""Which prefill pod and which decode pod serve a request (DESIGN.md §4).
+"""Which prefill pod and which decode pod serve a request (docs/design.md §4).
 
 Prefill, `prefix-load`: the pod whose prefix cache (as the router remembers it: the block hashes
 of prompts it sent there) matches the longest prefix of the prompt; among equals, the least

@@ -1,4 +1,4 @@
-"""KV transfer between prefill and decode pods (DESIGN.md §3.7).
+"""KV transfer between prefill and decode pods (docs/design.md §3.7).
 
     wire.py           encode_kv / decode_kv: one (request, layer group) as a checksummed blob
     base.py           KVTransport interface, KVReadiness, TransferStats, key names

@@ -7,7 +7,7 @@ waits forever: a group that does not arrive in time raises KVTimeout, one that a
 whose object is gone raises KVMissing, a broken store raises KVTransportError. All of them are
 KVTransferError, on which the decode side recomputes the prefill.
 
-Keys (DESIGN.md §3.7), `{prefix}` defaulting to "lamina":
+Keys (docs/design.md §3.7), `{prefix}` defaulting to "lamina":
     {prefix}:kv:{deployment}:{request_id}:g{group}         the blob (or :p{i} parts of it), TTL
     {prefix}:kvready:{deployment}:{request_id}             readiness stream, one entry per group
 """

@@ -1,7 +1,7 @@
 """Errors of the KV-transfer layer.
 
 Every one of them means "this request's KV cannot be used": the decode side catches
-`KVTransferError` and recomputes the prefill itself (DESIGN.md §3.6 step 4), so a request is
+`KVTransferError` and recomputes the prefill itself (docs/design.md §3.6 step 4), so a request is
 slower, never lost and never wrong.
 """
 

@@ -1,4 +1,4 @@
-"""ServingDeployment spec: one model served by prefill, decode and router pools (DESIGN.md §5).
+"""ServingDeployment spec: one model served by prefill, decode and router pools (docs/design.md §5).
 
 The CRD schema enforces types, enums and ranges; the cross-field rules below (`model_validator`)
 run in the operator, which reports a violation as a Degraded condition and a Warning event
@@ -66,7 +66,7 @@ class ModelSpec(KubeModel):
 
 
 class SchedulingSpec(KubeModel):
-    """The engine's batch scheduler (DESIGN.md §3.3)."""
+    """The engine's batch scheduler (docs/design.md §3.3)."""
 
     policy: SchedulingPolicy = Field(
         default="chunked",
@@ -86,7 +86,7 @@ class SchedulingSpec(KubeModel):
 
 
 class SpeedSpec(KubeModel):
-    """SPEED: prompt tokens run only the lower layers (DESIGN.md §3.4). Off by default."""
+    """SPEED: prompt tokens run only the lower layers (docs/design.md §3.4). Off by default."""
 
     enabled: bool = Field(default=False, description="Turn shallow prefill on.")
     prefill_layers: int | None = Field(
@@ -149,7 +149,7 @@ class RedisSpec(KubeModel):
 
 
 class KvTransferSpec(KubeModel):
-    """How prefill pods ship KV cache to decode pods (DESIGN.md §3.7)."""
+    """How prefill pods ship KV cache to decode pods (docs/design.md §3.7)."""
 
     backend: KvBackend = Field(
         default="redis", description="redis (default), nixl (RDMA) or local (one process only)."
@@ -188,7 +188,7 @@ class PoolSpec(PodPlacement):
 
 
 class RoutingSpec(KubeModel):
-    """How the router spreads requests (DESIGN.md §4)."""
+    """How the router spreads requests (docs/design.md §4)."""
 
     prefill_picker: Literal["prefix-load", "least-load", "round-robin"] = Field(
         default="prefix-load",
