@@ -61,10 +61,6 @@ def _placement(spec: ServingDeploymentSpec, role: str) -> PodPlacement:
     return {"prefill": spec.prefill, "decode": spec.decode, "router": spec.router}[role]
 
 
-def replicas_of(spec: ServingDeploymentSpec, role: str) -> int:
-    return _placement(spec, role).replicas
-
-
 def build_pool_deployment(
     owner: Owner, spec: ServingDeploymentSpec, role: str, config_hash: str
 ) -> dict[str, Any]:

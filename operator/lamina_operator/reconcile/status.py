@@ -24,8 +24,6 @@ from ..api import ServingDeploymentSpec
 from ..constants import ENGINE_PORT
 from .checks import Problem
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Disaggregated")
-
 
 def pool_status(name: str, desired: int, live: dict[str, Any] | None) -> dict[str, Any]:
     status = (live or {}).get("status") or {}
