@@ -1,6 +1,7 @@
 """`lamina-operator`: run the operator, or render its CRDs.
 
     lamina-operator run [--namespace NS ... | --all-namespaces] [--liveness-port 8080]
+                        [--metrics-port 9090]
                         [--peering lamina-operator | --standalone] [--priority N] [--verbose]
     lamina-operator crds [--output DIR] [--check]
 
@@ -30,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--liveness-port", type=int, default=8080,
         help="serve GET /healthz on this port (0 turns it off); default 8080",
+    )  # fmt: skip
+    run.add_argument(
+        "--metrics-port", type=int, default=9090,
+        help="serve Prometheus GET /metrics on this port (0 turns it off); default 9090",
     )  # fmt: skip
     peering = run.add_mutually_exclusive_group()
     peering.add_argument(
@@ -91,6 +96,10 @@ def _run(args: argparse.Namespace) -> int:
 
     SCAN_CLUSTER["enabled"] = needs_cluster_scan(args.all_namespaces, args.namespace)
     kopf.configure(verbose=args.verbose)
+    if args.metrics_port:
+        from .metrics import serve
+
+        serve(args.metrics_port)
     kopf.run(
         clusterwide=args.all_namespaces,
         namespaces=args.namespace,

@@ -10,6 +10,7 @@ from .constants import GROUP, MANAGED_BY, POLICY_PLURAL, SERVING_PLURAL, VERSION
 from .handlers.policy import on_policy
 from .handlers.serving import KopfRecorder, on_child_event, reconcile_serving
 from .kube.rest import RestKubeClient, load_config
+from .metrics import observe_reconcile
 from .reconcile import Reconciler
 from .settings import configure
 
@@ -27,16 +28,19 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, SERVING_PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, SERVING_PLURAL, id="reconcile")
 def serving_changed(namespace: str, name: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    reconcile_serving(memo.reconciler, namespace, name, logger)
+    with observe_reconcile("ServingDeployment"):
+        reconcile_serving(memo.reconciler, namespace, name, logger)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_OWNED)
 def owned_deployment_event(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    on_child_event(memo.reconciler, body, logger)
+    with observe_reconcile("Deployment"):
+        on_child_event(memo.reconciler, body, logger)
 
 
 @kopf.on.resume(GROUP, VERSION, POLICY_PLURAL, id="validate")
 @kopf.on.create(GROUP, VERSION, POLICY_PLURAL, id="validate")
 @kopf.on.update(GROUP, VERSION, POLICY_PLURAL, id="validate")
 def policy_changed(namespace: str, name: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    on_policy(memo.reconciler, namespace, name, logger)
+    with observe_reconcile("AutoscalingPolicy"):
+        on_policy(memo.reconciler, namespace, name, logger)
