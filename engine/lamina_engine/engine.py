@@ -15,23 +15,20 @@ from dataclasses import dataclass, field
 import torch
 
 from lamina_engine.config import EngineConfig
-from lamina_engine.core.scheduler import (
-    RequestRejectedError,
-    Scheduler,
-    SchedulerConfig,
-    SchedulerOutput,
-)
-from lamina_engine.core.speed import prompt_layer_tokens
+from lamina_engine.core.output import SchedulerOutput
+from lamina_engine.core.scheduler import RequestRejectedError, Scheduler
+from lamina_engine.core.scheduler_config import SchedulerConfig
+from lamina_engine.core.speed_layout import prompt_layer_tokens
 from lamina_engine.detokenizer import IncrementalDetokenizer
 from lamina_engine.models import CausalLM
 from lamina_engine.models.checkpoint import checkpoint_dtype
 from lamina_engine.outputs import EngineStats, RequestMetrics, RequestOutput, StepRecord
 from lamina_engine.prefilled import PrefilledRequests
 from lamina_engine.runner.model_runner import ModelRunner, StepSample, kv_bytes_per_block
-from lamina_engine.runner.speed import kv_bytes_held
+from lamina_engine.runner.step import kv_bytes_held
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.sequence import Sequence
-from lamina_engine.speed import resolve_speed
+from lamina_engine.speed_config import resolve_speed
 from lamina_engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -79,7 +76,7 @@ class Engine:
                 num_blocks=num_blocks,
                 max_model_len=self.max_model_len,
                 enable_prefix_caching=config.enable_prefix_caching,
-                policy=config.scheduler,
+                policy=config.scheduling_policy,
                 layered_budget=config.layered_budget,
                 layered_max_groups=config.layered_max_groups,
                 layered_group_tokens=config.layered_group_tokens,

@@ -10,7 +10,7 @@ A disaggregated decode pod does not wait for the whole prompt KV (docs/design.md
 Groups come in layer order. Each is KV [2, Lg, T, Hkv*D] of layers [layer_start,
 layer_start + Lg) for all T prompt positions; with SPEED (cutoff K) the groups below K do so,
 and the one group from K holds layers [K, L) of the F full-depth prompt tokens only, their
-compact upper slots [0, F) (core/speed.py). A group may not straddle K. Between reserve and
+compact upper slots [0, F) (core/speed_layout.py). A group may not straddle K. Between reserve and
 activate the sequence is invisible to steps (core/scheduler.py `reserve`), so other requests
 decode on while its KV lands. The Engine owns one of these; only the engine thread calls it.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from lamina_engine.core.scheduler import Scheduler
-from lamina_engine.core.speed import SpeedLayout
+from lamina_engine.core.speed_layout import SpeedLayout
 from lamina_engine.models.config import ModelConfig
 from lamina_engine.runner import kv_io
 from lamina_engine.sampling_params import SamplingParams

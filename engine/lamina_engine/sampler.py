@@ -5,9 +5,10 @@ Shapes: B rows (one per request that samples this step), V vocabulary entries.
 Pipeline per row: greedy rows (temperature 0, or top_k=1) take the argmax of the raw logits.
 Other rows divide by the temperature, mask by top-k, then top-p, then min-p, and draw with an
 exponential race:
-token = argmax(p_i / q_i) with q_i ~ Exp(1), which picks i with probability p_i. A seeded row
-draws its q from its own torch.Generator, so its token depends only on its logits, its params and
-its generator's state, never on which other requests share the batch or where the row sits.
+token = argmax(p_i / q_i) with q_i ~ Exp(1), which picks i with probability p_i. Every row draws
+its q from the torch.Generator the caller passes for it (a seeded request's own, or the engine's
+shared one), so its token depends only on its logits, its params and that generator's state,
+never on which other requests share the batch or where the row sits.
 
 Logprobs are "raw", as vLLM reports by default: log_softmax of the logits before temperature
 and filtering.
@@ -46,13 +47,13 @@ class SamplerOutput:
 
 
 class Sampler:
-    """Stateless: per-request randomness lives in the generators the caller keeps per request."""
+    """Stateless: randomness lives in the generators the caller passes, one per row."""
 
     def sample(
         self,
         logits: torch.Tensor,
         params: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
+        generators: Sequence[torch.Generator],
     ) -> SamplerOutput:
         """Pick one token per row of `logits` [B, V] (float32)."""
         if logits.dim() != 2:
@@ -96,7 +97,7 @@ class Sampler:
         self,
         logits: torch.Tensor,
         params: list[SamplingParams],
-        generators: list[torch.Generator | None],
+        generators: list[torch.Generator],
     ) -> torch.Tensor:
         """Temperature, top-k, top-p, min-p, then one draw per row. logits: [R, V] -> [R]."""
         device = logits.device
@@ -168,28 +169,22 @@ def _mask_top_p(sorted_x: torch.Tensor, top_p: list[float]) -> torch.Tensor:
     return sorted_x.masked_fill(drop, float("-inf"))
 
 
-def _exponential_race(
-    probs: torch.Tensor, generators: Sequence[torch.Generator | None]
-) -> torch.Tensor:
+def _exponential_race(probs: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Draw one token per row: argmax(p / q), q ~ Exp(1). probs: [R, V] -> [R] int64.
 
     q = -log(u) with u ~ U[0, 1): the same distribution as Tensor.exponential_, about 3x faster
     on CPU. u < 1 always, so q > 0 and p / q is never NaN (u == 0 gives q = inf, p / q = 0).
     """
     q = torch.empty_like(probs)
-    unseeded = [i for i, g in enumerate(generators) if g is None]
-    if unseeded:
-        rows = torch.tensor(unseeded, device=probs.device)
-        q[rows] = torch.rand(len(unseeded), probs.shape[-1], device=probs.device)
     for i, generator in enumerate(generators):
-        if generator is not None:
-            if generator.device.type != probs.device.type:
-                raise ValueError(
-                    f"a generator on {generator.device} cannot draw for logits on "
-                    f"{probs.device}; build it with make_generator(seed, device=logits.device)"
-                )
-            # Each seeded row consumes exactly V draws of its own generator per step.
-            q[i].uniform_(generator=generator)
+        if generator.device.type != probs.device.type:
+            raise ValueError(
+                f"a generator on {generator.device} cannot draw for logits on "
+                f"{probs.device}; build it with make_generator(seed, device=logits.device)"
+            )
+        # Each row consumes exactly V draws of its generator per step (the engine relies on
+        # it: a prefill pod's first draw is skipped on the decode pod by drawing V uniforms).
+        q[i].uniform_(generator=generator)
     return (probs / q.log_().neg_()).argmax(dim=-1)
 
 

@@ -57,7 +57,7 @@ class Sequence:
         self.num_cached_tokens = 0
         # block ids into the KV cache: token p lives in block_table[p // block_size]
         self.block_table: list[int] = []
-        # SPEED only: upper-layer blocks; the j-th full-depth token lives in slot j (core/speed.py)
+        # SPEED only: upper-layer blocks; the j-th full-depth token lives in slot j (core/speed_layout.py)
         self.upper_block_table: list[int] = []
 
     def __repr__(self) -> str:
@@ -108,10 +108,6 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
-
-    def num_blocks_needed(self, block_size: int) -> int:
-        """Blocks that hold KV for all `num_tokens` tokens (ceil division)."""
-        return -(-len(self._token_ids) // block_size)
 
     def append_token(self, token_id: int) -> None:
         self._token_ids.append(int(token_id))

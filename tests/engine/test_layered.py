@@ -12,7 +12,8 @@ import torch
 from lamina_engine import LLM, SamplingParams
 from lamina_engine.config import EngineConfig
 from lamina_engine.core.layered import choose_num_groups, split_layers
-from lamina_engine.core.scheduler import Scheduler, SchedulerConfig
+from lamina_engine.core.scheduler import Scheduler
+from lamina_engine.core.scheduler_config import SchedulerConfig
 from lamina_engine.sequence import Sequence, SequenceStatus
 
 FAMILIES = ("qwen3_moe", "mixtral", "olmoe", "llama", "qwen3")
@@ -162,7 +163,9 @@ def test_layered_matches_chunked_and_hf(family, tmp_path, make_checkpoint, hf_mo
     common = dict(device="cpu", block_size=4, max_num_seqs=3, max_num_batched_tokens=8)
     chunked = LLM(str(path), **common).generate(PROMPTS, params)
     # B = 16 splits the 30-token prompt over cohorts; u = 4 gives G = 2..Gmax on tiny cohorts
-    llm = LLM(str(path), scheduler="layered", layered_budget=16, layered_group_tokens=4, **common)
+    llm = LLM(
+        str(path), scheduling_policy="layered", layered_budget=16, layered_group_tokens=4, **common
+    )
     seen = []  # (decode tokens, cohort groups) per step
     schedule = llm.engine.scheduler.schedule
 
@@ -193,7 +196,7 @@ def test_preemption_and_prefix_cache_under_layered(tmp_path, make_checkpoint):
     tight = LLM(
         str(path),
         device="cpu",
-        scheduler="layered",
+        scheduling_policy="layered",
         block_size=4,
         num_gpu_blocks=30,
         layered_budget=32,
@@ -210,7 +213,7 @@ def test_abort_mid_flight_leaves_the_rest_of_the_cohort_intact(tmp_path, make_ch
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     prompts = [list(range(1, 12)), list(range(20, 29)), [4, 5, 6]]
     ref = LLM(str(path), device="cpu").generate(prompts, params)
-    llm = LLM(str(path), device="cpu", scheduler="layered", layered_group_tokens=8)
+    llm = LLM(str(path), device="cpu", scheduling_policy="layered", layered_group_tokens=8)
     engine = llm.engine
     outs = [engine.add_request(str(i), p, params) for i, p in enumerate(prompts)]
     engine.step()  # group 0 of 3 (23 tokens > 2u)
@@ -229,7 +232,7 @@ def test_layered_loads_fewer_expert_bytes_than_small_chunks(tmp_path, make_check
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     common = dict(device="cpu", block_size=8, max_num_seqs=4)
     chunked = LLM(str(path), max_num_batched_tokens=16, **common)
-    layered_llm = LLM(str(path), scheduler="layered", **common)
+    layered_llm = LLM(str(path), scheduling_policy="layered", **common)
     a = chunked.generate(prompts, params)
     b = layered_llm.generate(prompts, params)
     assert [o.token_ids for o in a] == [o.token_ids for o in b]

@@ -17,17 +17,16 @@ def logits_from_probs(probs: list[float], vocab: int = VOCAB) -> torch.Tensor:
 
 
 def sample_many(logits_row: torch.Tensor, params: SamplingParams, draws: int, seed: int):
-    """`draws` independent tokens: one row per draw, unseeded rows after seeding the global RNG."""
-    torch.manual_seed(seed)
+    """`draws` independent tokens: one row per draw, every row drawing from one generator."""
     batch = logits_row.expand(draws, -1).contiguous()
-    out = Sampler().sample(batch, [params] * draws, [None] * draws)
+    out = Sampler().sample(batch, [params] * draws, [make_generator(seed)] * draws)
     return torch.tensor(out.token_ids)
 
 
 def test_greedy_is_argmax_for_a_whole_batch():
     torch.manual_seed(0)
     logits = torch.randn(8, VOCAB)
-    out = Sampler().sample(logits, [SamplingParams(temperature=0)] * 8, [None] * 8)
+    out = Sampler().sample(logits, [SamplingParams(temperature=0)] * 8, [make_generator(0)] * 8)
     assert out.token_ids == logits.argmax(-1).tolist()
 
 
@@ -82,7 +81,7 @@ def test_seeded_row_is_independent_of_batch_composition_and_order():
 
     def run(layout: str, steps: int = 6) -> list[int]:
         gen = make_generator(1234)
-        other_gens = [make_generator(99), None, None]
+        other_gens = [make_generator(99), make_generator(5), make_generator(6)]
         picked = []
         for _ in range(steps):
             if layout == "alone":
@@ -91,12 +90,13 @@ def test_seeded_row_is_independent_of_batch_composition_and_order():
             elif layout == "first":
                 batch = torch.stack([target, others[0], others[1]])
                 ps = [mine, SamplingParams(seed=99, top_k=5), SamplingParams(temperature=0)]
-                out = Sampler().sample(batch, ps, [gen, other_gens[0], None])
+                out = Sampler().sample(batch, ps, [gen, other_gens[0], other_gens[1]])
                 picked.append(out.token_ids[0])
-            else:  # last, among unseeded and min-p rows
+            else:  # last, among rows sharing one generator and min-p rows
                 batch = torch.stack([others[2], others[3], others[0], target])
                 ps = [SamplingParams(), SamplingParams(min_p=0.1), SamplingParams(), mine]
-                out = Sampler().sample(batch, ps, [None, None, None, gen])
+                shared = other_gens[2]
+                out = Sampler().sample(batch, ps, [shared, shared, shared, gen])
                 picked.append(out.token_ids[3])
         return picked
 
@@ -141,7 +141,8 @@ def test_logprobs_are_raw_log_softmax():
         SamplingParams(logprobs=0, seed=2),
         SamplingParams(min_p=0.2, seed=3),
     ]
-    out = Sampler().sample(logits, params, [None, make_generator(1), make_generator(2), None])
+    gens = [make_generator(0), make_generator(1), make_generator(2), make_generator(3)]
+    out = Sampler().sample(logits, params, gens)
     reference = torch.log_softmax(logits, dim=-1)
     tokens = torch.tensor(out.token_ids)
     assert torch.allclose(out.logprobs, reference.gather(1, tokens[:, None]).squeeze(1))
@@ -159,6 +160,6 @@ def test_make_generator_reproduces_and_rejects_bad_inputs():
     b = torch.rand(5, generator=make_generator(9))
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="1 SamplingParams"):
-        Sampler().sample(torch.zeros(2, VOCAB), [SamplingParams()], [None, None])
+        Sampler().sample(torch.zeros(2, VOCAB), [SamplingParams()], [make_generator(0)] * 2)
     with pytest.raises(ValueError, match=r"\[batch, vocab\]"):
-        Sampler().sample(torch.zeros(VOCAB), [SamplingParams()], [None])
+        Sampler().sample(torch.zeros(VOCAB), [SamplingParams()], [make_generator(0)])

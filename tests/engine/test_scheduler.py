@@ -4,7 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lamina_engine.core.scheduler import RequestRejectedError, Scheduler, SchedulerConfig
+from lamina_engine.core.scheduler import POLICIES, RequestRejectedError, Scheduler
+from lamina_engine.core.scheduler_config import POLICY_NAMES, SchedulerConfig
 from lamina_engine.sequence import Sequence, SequenceStatus
 
 
@@ -30,6 +31,14 @@ def step(sched: Scheduler, token: int = 7):
     assert out.num_batched_tokens == sum(c.num_tokens for c in out.chunks)
     sched.postprocess(out, {c.seq.seq_id: token for c in out.chunks if c.samples})
     return got, out
+
+
+def test_every_policy_name_the_config_accepts_has_a_policy():
+    # scheduler_config.py lists the names without importing the policies (no import cycle)
+    assert sorted(POLICIES) == sorted(POLICY_NAMES)
+    for name in POLICY_NAMES:
+        sched = make(policy=name, num_layers=2)
+        assert sched.policy.name == name
 
 
 def test_config_is_validated_with_actionable_messages():

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lamina_engine.core.scheduler import RequestRejectedError, Scheduler, SchedulerConfig
+from lamina_engine.core.scheduler import RequestRejectedError, Scheduler
+from lamina_engine.core.scheduler_config import SchedulerConfig
 from lamina_engine.sequence import Sequence, SequenceStatus
 
 VOCAB = 50

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from lamina_engine.core.scheduler import RequestRejectedError, Scheduler, SchedulerConfig
-from lamina_engine.core.speed import SpeedLayout
+from lamina_engine.core.scheduler import RequestRejectedError, Scheduler
+from lamina_engine.core.scheduler_config import SchedulerConfig
+from lamina_engine.core.speed_layout import SpeedLayout
 from lamina_engine.sequence import Sequence, SequenceStatus
 
 

@@ -4,6 +4,7 @@ both KV pools' tables, prefix caching, preemption and the prefill/KV counters.""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,14 +12,27 @@ from types import SimpleNamespace
 import pytest
 
 from lamina_engine import LLM, SamplingParams
-from lamina_engine.cli import build_parser, engine_kwargs
+from lamina_engine.cli import build_parser, engine_config
 from lamina_engine.config import EngineConfig
-from lamina_engine.core.scheduler import RequestRejectedError, Scheduler, SchedulerConfig
-from lamina_engine.core.speed import SpeedLayout
+from lamina_engine.core.scheduler import RequestRejectedError, Scheduler
+from lamina_engine.core.scheduler_config import SchedulerConfig
+from lamina_engine.core.speed_layout import SpeedLayout
 from lamina_engine.models import CausalLM
 from lamina_engine.sequence import Sequence
-from lamina_engine.speed import SpeedConfig
-from lamina_engine.speed_reference import speed_generate
+from lamina_engine.speed_config import SpeedConfig
+
+
+def _load_speed_reference():
+    """tests/engine/speed_reference.py, the dense SPEED oracle (a sibling file: pytest's
+    importlib mode cannot import it by name)."""
+    path = Path(__file__).with_name("speed_reference.py")
+    spec = importlib.util.spec_from_file_location("lamina_tests_speed_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+speed_generate = _load_speed_reference().speed_generate
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 # BOS-led prompts of 1 to 15 tokens: a one-token prompt is all "last token"; 15 spans 4 blocks
@@ -30,7 +44,9 @@ POLICY_ARGS = {
 
 
 def engine(path, policy="chunked", **kw) -> LLM:
-    return LLM(str(path), device="cpu", block_size=4, scheduler=policy, **POLICY_ARGS[policy], **kw)
+    return LLM(
+        str(path), device="cpu", block_size=4, scheduling_policy=policy, **POLICY_ARGS[policy], **kw
+    )
 
 
 @functools.cache
@@ -92,13 +108,13 @@ def test_cli_flags_reach_the_engine_config():
     args = build_parser().parse_args(
         ["generate", "hi", "--model", "m", "--speed-prefill-layers", "0.75", "--speed-anchors", "2"]
     )
-    assert engine_kwargs(args)["speed"] == {"prefill_layers": 0.75, "anchors": 2}
+    assert engine_config(args).speed == SpeedConfig(prefill_layers=0.75, anchors=2)
     args = build_parser().parse_args(
         ["generate", "hi", "--model", "m", "--speed-prefill-layers", "3"]
     )
-    assert engine_kwargs(args)["speed"] == {"prefill_layers": 3, "anchors": 1}
+    assert engine_config(args).speed == SpeedConfig(prefill_layers=3, anchors=1)
     args = build_parser().parse_args(["generate", "hi", "--model", "m"])
-    assert engine_kwargs(args)["speed"] is None
+    assert engine_config(args).speed is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "hi", "--speed-prefill-layers", "most"])
 

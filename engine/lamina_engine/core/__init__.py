@@ -4,10 +4,12 @@ from .block_manager import BlockManager, NoFreeBlocksError, block_hashes, hash_b
 from .layered import LayeredPolicy
 from .output import CohortStep, ScheduledChunk, SchedulerOutput
 from .policies import ChunkedPolicy, SchedulerState, SchedulingPolicy
-from .scheduler import POLICIES, RequestRejectedError, Scheduler, SchedulerConfig
+from .scheduler import POLICIES, RequestRejectedError, Scheduler
+from .scheduler_config import POLICY_NAMES, SchedulerConfig
 
 __all__ = [
     "POLICIES",
+    "POLICY_NAMES",
     "BlockManager",
     "ChunkedPolicy",
     "CohortStep",

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..sequence import Sequence, SequenceStatus
 from .block_manager import BlockManager
 from .output import SchedulerOutput, StepBuilder
-
-if TYPE_CHECKING:
-    from .scheduler import SchedulerConfig
+from .scheduler_config import SchedulerConfig
 
 
 @dataclass
@@ -41,7 +38,8 @@ class SchedulerState:
 
 
 class SchedulingPolicy:
-    """Base class: subclasses implement `schedule` and register in POLICIES."""
+    """Base class: subclasses implement `schedule`; scheduler.POLICIES maps each `name` (one of
+    scheduler_config.POLICY_NAMES) to its class."""
 
     name = ""
 

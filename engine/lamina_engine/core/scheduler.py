@@ -5,105 +5,36 @@ Invariant (as in vLLM v1): no request has a prefill or decode phase. Each has `n
 difference, and a chunk that reaches the last token samples a new one. The engine loop is
 
     out = scheduler.schedule()               # SchedulerOutput: chunks, preempted
-    sampled = runner.run(out)                # {seq_id: token} for chunks with .samples
+    samples = runner.execute(out)            # {seq_id: StepSample} for chunks with .samples
+    sampled = {i: s.token_id for i, s in samples.items()}
     for seq in scheduler.postprocess(out, sampled):
         if <stop rule>: scheduler.finish(seq, "stop" | "length")
 
-The engine decides stop rules (EOS, stop strings, max_tokens, max_model_len). No torch here.
+(engine.py's Engine.step). The engine decides stop rules (EOS, stop strings, max_tokens,
+max_model_len). No torch here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..sequence import FINISH_REASONS, Sequence, SequenceStatus
 from .block_manager import BlockManager
 from .layered import LayeredPolicy
-from .output import CohortStep, ScheduledChunk, SchedulerOutput
+from .output import SchedulerOutput
 from .policies import ChunkedPolicy, SchedulerState, SchedulingPolicy
-from .speed import SpeedBlockManager, SpeedLayout
+from .scheduler_config import SchedulerConfig
+from .speed_block_manager import SpeedBlockManager
 
-__all__ = [
-    "POLICIES",
-    "CohortStep",
-    "RequestRejectedError",
-    "ScheduledChunk",
-    "Scheduler",
-    "SchedulerConfig",
-    "SchedulerOutput",
-]
-
-
+# policy name (SchedulerConfig.policy, validated against POLICY_NAMES) -> its class
 POLICIES: dict[str, type[SchedulingPolicy]] = {
     ChunkedPolicy.name: ChunkedPolicy,
     LayeredPolicy.name: LayeredPolicy,
 }
 
 
-def make_policy(name: str) -> SchedulingPolicy:
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(
-            f"unknown scheduling policy {name!r}; choose one of {sorted(POLICIES)}"
-        ) from None
-
-
 class RequestRejectedError(ValueError):
     """A request this engine can never serve (empty, too long, or too big for the KV cache).
 
     The engine reports it for that request only; other requests go on."""
-
-
-@dataclass
-class SchedulerConfig:
-    num_blocks: int  # KV cache blocks in the pool (sized by the runner from free memory)
-    max_model_len: int  # longest prompt + output, in tokens
-    max_num_seqs: int = 256  # most running sequences at once
-    max_num_batched_tokens: int = 512  # tau: tokens per step (decodes + prefill chunks)
-    block_size: int = 16  # tokens per KV block
-    enable_prefix_caching: bool = True
-    policy: str = "chunked"  # a key of POLICIES
-    # layered policy: B, the most prompt tokens in one cohort; Gmax; the per-group work size u
-    # behind the G buckets (T <= u, 2u, 4u, 8u -> 1, 2, 4, 8 groups); the model's layer count
-    # (with SPEED: K, since a cohort's groups split the lower layers [0, K) only).
-    layered_budget: int = 8192
-    layered_max_groups: int = 16
-    layered_group_tokens: int = 512
-    num_layers: int | None = None
-    speed: SpeedLayout | None = None  # SPEED: two KV pools, full-depth tokens (core/speed.py)
-
-    def __post_init__(self) -> None:
-        names = ("num_blocks", "max_model_len", "max_num_seqs", "max_num_batched_tokens")
-        names += ("layered_budget", "layered_max_groups", "layered_group_tokens")
-        for name in names:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if self.max_num_batched_tokens < self.max_num_seqs:
-            # every running decode needs one token of the budget each step
-            raise ValueError(
-                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
-                f"max_num_seqs ({self.max_num_seqs}); raise the budget or lower max_num_seqs"
-            )
-        if self.policy not in POLICIES:
-            raise ValueError(
-                f"unknown scheduling policy {self.policy!r}; choose one of {sorted(POLICIES)}"
-            )
-        if self.speed is not None:
-            k = self.speed.prefill_layers
-            if self.num_layers not in (None, k):
-                raise ValueError(
-                    f"with SPEED, num_layers is the layers the layered policy splits into groups, "
-                    f"the lower K = {k}; got {self.num_layers}"
-                )
-            self.num_layers = k
-        if self.policy == LayeredPolicy.name and (self.num_layers is None or self.num_layers < 1):
-            raise ValueError(
-                f"the layered policy splits the model's layers into groups: set num_layers "
-                f"(>= 1, the model's decoder layer count), got {self.num_layers}"
-            )
 
 
 class Scheduler:
@@ -114,7 +45,7 @@ class Scheduler:
             BlockManager(*args) if config.speed is None else SpeedBlockManager(config.speed, *args)
         )
         self.state = SchedulerState(config, self.block_manager)
-        self.policy = make_policy(config.policy)
+        self.policy = POLICIES[config.policy]()  # the name is validated by SchedulerConfig
         self._live: dict[int, Sequence] = {}  # seq_id -> waiting, running or reserved sequence
 
     # ---- queue state -----------------------------------------------------------------------

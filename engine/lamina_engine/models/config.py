@@ -85,10 +85,6 @@ class ModelConfig:
     def num_key_value_heads(self) -> int:  # HF's name for num_kv_heads
         return self.num_kv_heads
 
-    @property
-    def num_queries_per_kv(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
     def is_moe_layer(self, layer: int) -> bool:
         """Qwen3-MoE's rule, which also covers Mixtral/OLMoE (every layer is MoE there)."""
         if not self.is_moe or layer in self.mlp_only_layers:

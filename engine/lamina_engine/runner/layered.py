@@ -22,7 +22,7 @@ from itertools import accumulate
 import torch
 from torch import Tensor
 
-from lamina_engine.core.scheduler import CohortStep, ScheduledChunk, SchedulerOutput
+from lamina_engine.core.output import CohortStep, ScheduledChunk, SchedulerOutput
 from lamina_engine.models import AttentionMetadata, CausalLM
 from lamina_engine.sequence import Sequence
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from lamina_engine.core.scheduler import SchedulerOutput
-from lamina_engine.core.speed import SpeedLayout
+from lamina_engine.core.output import SchedulerOutput
+from lamina_engine.core.speed_layout import SpeedLayout
 from lamina_engine.models import CausalLM, allocate_kv_caches
 from lamina_engine.runner.layered import CohortStash, TokenBatch, run_layered_step
-from lamina_engine.runner.speed import allocate_speed_kv_caches, run_speed_step
+from lamina_engine.runner.step import allocate_speed_kv_caches, run_speed_step
 from lamina_engine.sampler import Sampler
 from lamina_engine.sequence import Sequence
 
@@ -50,7 +50,7 @@ class ModelRunner:
         self.block_size = block_size
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        # SPEED: layers >= K get the (smaller) upper pool's block count (runner/speed.py)
+        # SPEED: layers >= K get the (smaller) upper pool's block count (runner/step.py)
         self.speed = speed
         if speed is None:
             self.kv_caches = allocate_kv_caches(

@@ -39,7 +39,7 @@ def engine_config(config: ServeConfig):
         max_model_len=config.max_model_len,
     )
     if config.speed:
-        from lamina_engine.speed import SpeedConfig
+        from lamina_engine.speed_config import SpeedConfig
 
         layers = config.speed_prefill_layers
         if layers is None and config.speed_prefill_layers_percent is not None:

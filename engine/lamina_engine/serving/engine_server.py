@@ -287,7 +287,7 @@ class AsyncEngine:
         """Engine hook at a prefill request's finish, before its blocks are freed: ship the
         layers not shipped yet, the last group with the first token. With SPEED the last
         object is layers [K, L) of the F full-depth prompt tokens: upper slots [0, F), compact
-        (core/speed.py), so [2, L - K, F, Hkv*D] rather than all T positions."""
+        (core/speed_layout.py), so [2, L - K, F, Hkv*D] rather than all T positions."""
         sent, covered = self._shipped.pop(request_id, (0, 0))
         groups = self.kv_layer_groups if covered == 0 else [(covered, self.lower_layers)]
         caches, n = self.engine.runner.kv_caches, seq.num_prompt_tokens

@@ -7,7 +7,7 @@ deadline) until the group flagged last, checks each against the prompt, and yiel
 arrives, so the decode pod loads it while later groups are still in flight.
 With SPEED (cutoff K) the groups below K hold every prompt position, and one last object from
 K holds the upper-layer KV of the F full-depth prompt tokens only (their compact upper slots
-[0, F), core/speed.py), so about K/L of the full-depth bytes ship. Anything wrong raises
+[0, F), core/speed_layout.py), so about K/L of the full-depth bytes ship. Anything wrong raises
 KVTransferError or ValueError, and the caller recomputes the prompt instead.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lamina_engine.core.speed import SpeedLayout
+from lamina_engine.core.speed_layout import SpeedLayout
 from lamina_engine.serving.config import ServeConfig
 from lamina_engine.transfer import KVMeta, KVTransferError, KVTransport, decode_kv, encode_kv
 from lamina_engine.transfer.errors import KVCorrupt, KVTimeout

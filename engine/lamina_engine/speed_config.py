@@ -5,7 +5,7 @@
 
 Off by default. A checkpoint trained under the SPEED mask may carry its cutoff in config.json
 (`speed_prefill_layers` or `lower_k`, optionally `speed_anchors`); that is used when the
-engine is given no `speed` setting. What K and the anchors mean is in core/speed.py.
+engine is given no `speed` setting. What K and the anchors mean is in core/speed_layout.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lamina_engine.core.speed import SpeedLayout
+from lamina_engine.core.speed_layout import SpeedLayout
 
 # config.json keys that carry a SPEED cutoff (the first present wins) and its anchor count
 MODEL_CONFIG_K_KEYS = ("speed_prefill_layers", "lower_k")

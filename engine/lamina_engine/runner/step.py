@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from lamina_engine.core.block_manager import BlockManager
-from lamina_engine.core.scheduler import ScheduledChunk, SchedulerOutput
-from lamina_engine.core.speed import SpeedBlockManager, SpeedLayout
+from lamina_engine.core.output import ScheduledChunk, SchedulerOutput
+from lamina_engine.core.speed_block_manager import SpeedBlockManager
+from lamina_engine.core.speed_layout import SpeedLayout
 from lamina_engine.models import CausalLM
 from lamina_engine.models.config import ModelConfig
 from lamina_engine.runner.layered import CohortStash, TokenBatch
