@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import kopf
@@ -27,20 +28,34 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, SERVING_PLURAL, id="reconcile")
 @kopf.on.create(GROUP, VERSION, SERVING_PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, SERVING_PLURAL, id="reconcile")
-def serving_changed(namespace: str, name: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def serving_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     with observe_reconcile("ServingDeployment"):
-        reconcile_serving(memo.reconciler, namespace, name, logger)
+        reconcile_serving(memo.reconciler, dict(body), logger)
+
+
+@kopf.index(GROUP, VERSION, SERVING_PLURAL)
+def serving_bodies(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+    """ServingDeployments by (namespace, name), kept from the watch: a child's event finds its
+    owner here instead of GETting it."""
+    return {(namespace, name): copy.deepcopy(dict(body))}
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_OWNED)
-def owned_deployment_event(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def owned_deployment_event(
+    type: str | None,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    serving_bodies: kopf.Index,
+    logger: Any,
+    **_: Any,
+) -> None:
     with observe_reconcile("Deployment"):
-        on_child_event(memo.reconciler, body, logger)
+        on_child_event(memo.reconciler, type, dict(body), serving_bodies, logger)
 
 
 @kopf.on.resume(GROUP, VERSION, POLICY_PLURAL, id="validate")
 @kopf.on.create(GROUP, VERSION, POLICY_PLURAL, id="validate")
 @kopf.on.update(GROUP, VERSION, POLICY_PLURAL, id="validate")
-def policy_changed(namespace: str, name: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def policy_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     with observe_reconcile("AutoscalingPolicy"):
-        on_policy(memo.reconciler, namespace, name, logger)
+        on_policy(memo.reconciler, dict(body), logger)

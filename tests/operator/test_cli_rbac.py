@@ -10,7 +10,7 @@ from lamina_operator import cli, rbac
 from lamina_operator.api import ServingDeploymentSpec
 from lamina_operator.builders import BuildContext, Owner, build_children
 from lamina_operator.constants import FINALIZER
-from lamina_operator.reconcile.apply import CHILD_KINDS
+from lamina_operator.reconcile.children import CHILD_KINDS
 from lamina_operator.settings import configure
 
 

@@ -22,6 +22,11 @@ class _Log:
         pass
 
 
+def _pass(reconciler, name):
+    """One pass over the ServingDeployment as kopf would hand it (its body read beforehand)."""
+    return reconciler.reconcile(reconciler.client.get(*SD, name))
+
+
 def _status(cluster, name):
     return cluster.get(*SD, name)["status"]
 
@@ -38,7 +43,7 @@ def test_first_pass_creates_children_second_writes_nothing(
     cluster, reconciler, sd_factory, gpu_spec
 ):
     sd_factory("qwen", gpu_spec)
-    outcome = reconciler.reconcile(NS, "qwen")
+    outcome = _pass(reconciler, "qwen")
     assert outcome.problems == []
     created = sorted((a.kind, a.name) for a in outcome.actions)
     assert created == sorted(
@@ -47,7 +52,7 @@ def test_first_pass_creates_children_second_writes_nothing(
            for k in ("Deployment", "Service", "PodDisruptionBudget")]
     )  # fmt: skip
     before = len(cluster.writes)
-    again = reconciler.reconcile(NS, "qwen")
+    again = _pass(reconciler, "qwen")
     assert again.actions == [] and cluster.writes[before:] == []  # not even a status write
     assert _status(cluster, "qwen")["endpoint"] == "http://qwen-router.serving.svc:8000"
     assert _status(cluster, "qwen")["observedGeneration"] == 1
@@ -55,10 +60,10 @@ def test_first_pass_creates_children_second_writes_nothing(
 
 def test_pool_update_touches_only_that_pool(cluster, reconciler, sd_factory, gpu_spec):
     sd_factory("qwen", gpu_spec)
-    reconciler.reconcile(NS, "qwen")
+    _pass(reconciler, "qwen")
     before = len(cluster.writes)
     _set_spec(cluster, "qwen", {"decode": {"replicas": 5}})
-    outcome = reconciler.reconcile(NS, "qwen")
+    outcome = _pass(reconciler, "qwen")
     writes = [w for w in cluster.writes[before:] if w[1] != "ServingDeployment"]
     assert writes == [("patch", "Deployment", "qwen-decode")]
     assert outcome.actions[0].fields == ("spec.replicas",)
@@ -72,14 +77,14 @@ def test_engine_change_rolls_every_pool_and_removes_dropped_fields(
     cluster, reconciler, sd_factory, gpu_spec
 ):
     sd_factory("qwen", gpu_spec)
-    reconciler.reconcile(NS, "qwen")
+    _pass(reconciler, "qwen")
     _set_spec(
         cluster,
         "qwen",
         {"engine": {"speed": {"enabled": False}}, "prefill": {"nodeSelector": None}},
     )
     before = len(cluster.writes)
-    reconciler.reconcile(NS, "qwen")
+    _pass(reconciler, "qwen")
     patched = sorted(w[2] for w in cluster.writes[before:] if w[1] != "ServingDeployment")
     assert patched == ["qwen-decode", "qwen-engine", "qwen-prefill", "qwen-router"]
     cm = cluster.get("v1", "ConfigMap", NS, "qwen-engine")["data"]
@@ -91,21 +96,21 @@ def test_engine_change_rolls_every_pool_and_removes_dropped_fields(
 def test_restarted_operator_converges_without_duplicates(cluster, sd_factory, gpu_spec, clock):
     sd_factory("qwen", gpu_spec)
     first = Reconciler(cluster, ListRecorder(), clock)
-    first.reconcile(NS, "qwen")
+    _pass(first, "qwen")
     objects = cluster.kinds(NS)
     before = len(cluster.writes)
     second = Reconciler(cluster, ListRecorder(), clock)  # a new process, same API server
-    assert second.reconcile(NS, "qwen").actions == []
+    assert _pass(second, "qwen").actions == []
     assert cluster.kinds(NS) == objects and cluster.writes[before:] == []
 
 
 def test_restart_mid_way_finishes_the_job(cluster, reconciler, sd_factory, gpu_spec):
     sd_factory("qwen", gpu_spec)
-    reconciler.reconcile(NS, "qwen")
+    _pass(reconciler, "qwen")
     # as if the operator died after creating only some children
     cluster.delete("apps/v1", "Deployment", NS, "qwen-router")
     cluster.delete("v1", "Service", NS, "qwen-router")
-    outcome = reconciler.reconcile(NS, "qwen")
+    outcome = _pass(reconciler, "qwen")
     assert sorted((a.verb, a.kind, a.name) for a in outcome.actions) == [
         ("Created", "Deployment", "qwen-router"),
         ("Created", "Service", "qwen-router"),
@@ -116,17 +121,17 @@ def test_managed_redis_secret_is_kept_and_pruned_when_unused(
     cluster, reconciler, sd_factory, minimal_spec
 ):
     sd_factory("demo", minimal_spec)
-    reconciler.reconcile(NS, "demo")
+    _pass(reconciler, "demo")
     secret = cluster.get("v1", "Secret", NS, "demo-redis-auth")
     password = base64.b64decode(secret["data"]["password"]).decode()
     assert len(password) >= 32 and LAST_APPLIED_ANNOTATION not in (
         secret["metadata"].get("annotations") or {}
     )
-    reconciler.reconcile(NS, "demo")
+    _pass(reconciler, "demo")
     assert cluster.get("v1", "Secret", NS, "demo-redis-auth")["data"] == secret["data"]
     _set_spec(cluster, "demo", {"engine": {"kvTransfer": {"redis": {
         "url": "redis://redis.kv.svc:6379/0", "passwordSecretRef": {"name": "kv-redis"}}}}})  # fmt: skip
-    outcome = reconciler.reconcile(NS, "demo")
+    outcome = _pass(reconciler, "demo")
     deleted = sorted((a.kind, a.name) for a in outcome.actions if a.verb == "Deleted")
     assert deleted == [
         ("Deployment", "demo-redis"),
@@ -140,7 +145,7 @@ def test_missing_secret_is_degraded_retryable_and_heals(
 ):
     gpu_spec["engine"]["kvTransfer"]["redis"]["passwordSecretRef"]["name"] = "not-yet"
     sd_factory("qwen", gpu_spec)
-    outcome = reconciler.reconcile(NS, "qwen")
+    outcome = _pass(reconciler, "qwen")
     assert [p.reason for p in outcome.problems] == ["MissingSecret"] and outcome.retryable
     assert cluster.kinds(NS) == [("AutoscalingPolicy", "latency-slo"), ("Secret", "kv-redis"),
                                  ("ServingDeployment", "qwen")]  # fmt: skip
@@ -150,20 +155,20 @@ def test_missing_secret_is_degraded_retryable_and_heals(
     assert _cond(cluster, "qwen", "Ready")["status"] == "False"
     assert recorder.events[-1][:2] == ("Warning", "MissingSecret")
     warnings = len(recorder.events)
-    reconciler.reconcile(NS, "qwen")  # same problem again: no second warning, no status write
+    _pass(reconciler, "qwen")  # same problem again: no second warning, no status write
     assert len(recorder.events) == warnings
     with pytest.raises(kopf.TemporaryError):
-        reconcile_serving(reconciler, NS, "qwen", _Log())
+        reconcile_serving(reconciler, cluster.get(*SD, "qwen"), _Log())
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "not-yet", "namespace": NS},
                     "stringData": {"password": "pw"}})  # fmt: skip
-    reconcile_serving(reconciler, NS, "qwen", _Log())
+    reconcile_serving(reconciler, cluster.get(*SD, "qwen"), _Log())
     assert _cond(cluster, "qwen", "Degraded")["status"] == "False"
 
 
 def test_secret_without_the_key(cluster, reconciler, sd_factory, gpu_spec):
     gpu_spec["engine"]["kvTransfer"]["redis"]["passwordSecretRef"]["key"] = "redis-password"
     sd_factory("qwen", gpu_spec)
-    problem = reconciler.reconcile(NS, "qwen").problems[0]
+    problem = _pass(reconciler, "qwen").problems[0]
     assert problem.reason == "MissingSecretKey"
     assert "has no key 'redis-password' (it has ['password'])" in problem.message
 
@@ -171,11 +176,11 @@ def test_secret_without_the_key(cluster, reconciler, sd_factory, gpu_spec):
 def test_policy_ref_missing_then_invalid(cluster, reconciler, sd_factory, gpu_spec):
     gpu_spec["autoscaling"]["policyRef"]["name"] = "other"
     sd_factory("qwen", gpu_spec)
-    assert reconciler.reconcile(NS, "qwen").problems[0].reason == "PolicyNotFound"
+    assert _pass(reconciler, "qwen").problems[0].reason == "PolicyNotFound"
     cluster.create({"apiVersion": "lamina.dev/v1alpha1", "kind": "AutoscalingPolicy",
                     "metadata": {"name": "other", "namespace": NS},
                     "spec": {"decode": {"minReplicas": 4, "maxReplicas": 2}}})  # fmt: skip
-    problem = reconciler.reconcile(NS, "qwen").problems[0]
+    problem = _pass(reconciler, "qwen").problems[0]
     assert problem.reason == "InvalidPolicy" and "decode.minReplicas (4)" in problem.message
 
 
@@ -183,14 +188,14 @@ def test_invalid_spec_is_permanent(cluster, reconciler, sd_factory, gpu_spec):
     gpu_spec["decode"]["replicas"] = 0
     sd_factory("qwen", gpu_spec)
     with pytest.raises(kopf.PermanentError, match="set decode.replicas >= 1"):
-        reconcile_serving(reconciler, NS, "qwen", _Log())
+        reconcile_serving(reconciler, cluster.get(*SD, "qwen"), _Log())
     assert _cond(cluster, "qwen", "Degraded")["reason"] == "InvalidSpec"
     assert not [k for k in cluster.kinds(NS) if k[0] == "Deployment"]
 
 
 def test_too_long_name(reconciler, sd_factory, minimal_spec):
     sd_factory("a" * 56, minimal_spec)
-    problem = reconciler.reconcile(NS, "a" * 56).problems[0]
+    problem = _pass(reconciler, "a" * 56).problems[0]
     assert problem.reason == "InvalidName" and not problem.retryable
 
 
@@ -205,7 +210,7 @@ def test_foreign_object_is_not_taken_over(cluster, reconciler, sd_factory, gpu_s
     cluster.create({"apiVersion": "v1", "kind": "Service", "metadata": {
         "name": "qwen-router", "namespace": NS, "ownerReferences": [other_owner]}, "spec": {}})  # fmt: skip
     sd_factory("qwen", gpu_spec)
-    outcome = reconciler.reconcile(NS, "qwen")
+    outcome = _pass(reconciler, "qwen")
     assert outcome.problems[0].reason == "NameConflict"
     assert "controlled by ReplicaSet/x" in outcome.problems[0].message
     assert cluster.get("v1", "Service", NS, "qwen-router")["spec"] == {}
@@ -215,7 +220,7 @@ def test_orphan_with_our_name_is_adopted(cluster, reconciler, sd_factory, gpu_sp
     cluster.create({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": "qwen-engine", "namespace": NS}, "data": {"old": "1"}})  # fmt: skip
     sd = sd_factory("qwen", gpu_spec)
-    outcome = reconciler.reconcile(NS, "qwen")
+    outcome = _pass(reconciler, "qwen")
     assert ("Adopted", "ConfigMap", "qwen-engine") in [
         (a.verb, a.kind, a.name) for a in outcome.actions
     ]
@@ -226,13 +231,13 @@ def test_orphan_with_our_name_is_adopted(cluster, reconciler, sd_factory, gpu_sp
 
 def test_status_follows_children(cluster, reconciler, sd_factory, gpu_spec, clock):
     sd_factory("qwen", gpu_spec)
-    reconciler.reconcile(NS, "qwen")
+    _pass(reconciler, "qwen")
     assert _cond(cluster, "qwen", "Ready")["status"] == "False"
     for role, ready in (("prefill", 2), ("decode", 3), ("router", 2)):
         cluster.set_status("apps/v1", "Deployment", NS, f"qwen-{role}", {
             "observedGeneration": 1, "readyReplicas": ready, "updatedReplicas": ready})  # fmt: skip
     clock.now = "2026-01-01T00:05:00Z"
-    reconciler.reconcile(NS, "qwen")
+    _pass(reconciler, "qwen")
     ready = _cond(cluster, "qwen", "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "AllPoolsReady")
     assert ready["lastTransitionTime"] == "2026-01-01T00:05:00Z"
@@ -241,7 +246,7 @@ def test_status_follows_children(cluster, reconciler, sd_factory, gpu_spec, cloc
     assert _cond(cluster, "qwen", "Degraded")["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     cluster.set_status("apps/v1", "Deployment", NS, "qwen-prefill",
                        {"observedGeneration": 1, "readyReplicas": 0, "updatedReplicas": 2})  # fmt: skip
-    reconciler.reconcile(NS, "qwen")
+    _pass(reconciler, "qwen")
     ready = _cond(cluster, "qwen", "Ready")
     assert ready["status"] == "False" and "prefill (0/2 ready)" in ready["message"]
     assert _cond(cluster, "qwen", "Disaggregated")["reason"] == "PoolUnavailable"
@@ -250,7 +255,7 @@ def test_status_follows_children(cluster, reconciler, sd_factory, gpu_spec, cloc
 def test_pdb_falls_back_to_v1beta1_on_old_servers(cluster, reconciler, sd_factory, minimal_spec):
     cluster.served = {"v1", "apps/v1", "policy/v1beta1", "lamina.dev/v1alpha1"}
     sd_factory("demo", minimal_spec)
-    assert reconciler.reconcile(NS, "demo").problems == []
+    assert _pass(reconciler, "demo").problems == []
     assert cluster.get("policy/v1beta1", "PodDisruptionBudget", NS, "demo-decode") is not None
 
 
@@ -264,4 +269,4 @@ def test_api_errors_become_retries_with_a_hint(
 
     monkeypatch.setattr(cluster, "create", forbidden)
     with pytest.raises(kopf.TemporaryError, match="compare the operator's RBAC"):
-        reconcile_serving(reconciler, NS, "demo", _Log())
+        reconcile_serving(reconciler, cluster.get(*SD, "demo"), _Log())

@@ -9,10 +9,11 @@ import kopf
 from ..reconcile import Reconciler, reconcile_policy, referencing_deployments
 
 
-def on_policy(reconciler: Reconciler, namespace: str, name: str, logger: Any) -> None:
-    error = reconcile_policy(reconciler.client, namespace, name, reconciler.clock())
+def on_policy(reconciler: Reconciler, body: dict[str, Any], logger: Any) -> None:
+    meta = body["metadata"]
+    error = reconcile_policy(reconciler.client, body, reconciler.clock())
     # ServingDeployments waiting on this policy (PolicyNotFound/InvalidPolicy) converge now.
-    for sd in referencing_deployments(reconciler.client, namespace, name):
-        reconciler.reconcile(namespace, sd)
+    for sd in referencing_deployments(reconciler.client, meta["namespace"], meta["name"]):
+        reconciler.reconcile(sd)
     if error is not None:
-        raise kopf.PermanentError(f"AutoscalingPolicy {name} is invalid: {error}")
+        raise kopf.PermanentError(f"AutoscalingPolicy {meta['name']} is invalid: {error}")

@@ -8,6 +8,7 @@ Secret or policy created afterwards) become kopf.TemporaryError with a delay.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -26,9 +27,9 @@ class KopfRecorder:
         kopf.event(obj, type=type, reason=reason, message=message[:1000])
 
 
-def reconcile_serving(reconciler: Reconciler, namespace: str, name: str, logger: Any) -> None:
+def reconcile_serving(reconciler: Reconciler, body: dict[str, Any], logger: Any) -> None:
     try:
-        outcome = reconciler.reconcile(namespace, name)
+        outcome = reconciler.reconcile(body)
     except KubeError as exc:  # RBAC gaps, API server hiccups: retry, and say where to look
         hint = (
             " (compare the operator's RBAC with lamina_operator.rbac)" if exc.status == 403 else ""
@@ -46,12 +47,29 @@ def reconcile_serving(reconciler: Reconciler, namespace: str, name: str, logger:
     raise kopf.PermanentError(message)
 
 
-def on_child_event(reconciler: Reconciler, body: Any, logger: logging.Logger) -> None:
-    """An owned Deployment changed (pods became ready, a rollout moved): refresh the owner."""
-    labels = body.get("metadata", {}).get("labels") or {}
+def on_child_event(
+    reconciler: Reconciler,
+    event_type: str | None,
+    child: dict[str, Any],
+    owners: Mapping[tuple[str, str], Iterable[dict[str, Any]]],
+    logger: logging.Logger,
+) -> None:
+    """An owned Deployment changed: refresh the owner's status from its pools (one list call).
+
+    `owners` is kopf's index of ServingDeployment bodies by (namespace, name), so the owner is
+    never fetched. A deleted child gets a full pass, which recreates it.
+    """
+    meta = child.get("metadata", {})
+    labels = meta.get("labels") or {}
     owner = labels.get(DEPLOYMENT_LABEL)
     if owner is None or labels.get("app.kubernetes.io/managed-by") != MANAGED_BY:
         return
-    outcome = reconciler.reconcile(body["metadata"]["namespace"], owner)
+    body = next(iter(owners.get((meta["namespace"], owner), ())), None)
+    if body is None:  # the owner is gone: garbage collection removes the rest
+        return
+    if event_type == "DELETED":
+        outcome = reconciler.reconcile(body)
+    else:
+        outcome = reconciler.refresh_status(body)
     if outcome.problems:  # already reported on the owner; the owner's handler retries
         logger.debug(f"{owner}: {len(outcome.problems)} problem(s) pending")

@@ -2,7 +2,8 @@
 
 It does: uid/resourceVersion/generation/creationTimestamp, 404/409 errors, label-selected
 lists, merge patches, status subresource separation (a status patch changes only status, a main
-patch never changes status), Secret stringData -> base64 data, and a log of every write.
+patch never changes status), Secret stringData -> base64 data, a log of every write, and a log of
+every call, reads included (what a pass costs the API server).
 It does not: validate schemas, default fields, run controllers or garbage-collect (e2e/ covers
 the real apiserver); tests set child status with `set_status` to play the Deployment controller.
 """
@@ -28,17 +29,21 @@ class MemoryKubeClient:
     ):
         self.objects: dict[Key, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name), in order
+        # Every API call, reads and discovery included: (verb, kind or apiVersion, name or "").
+        self.calls: list[tuple[str, str, str]] = []
         self.served = set(served)
         self._counter = itertools.count(1)
 
     # -- KubeClient ---------------------------------------------------------------------------
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        self.calls.append(("get", kind, name))
         obj = self.objects.get((api_version, kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
     def list(
         self, api_version: str, kind: str, namespace: str, labels: dict[str, str]
     ) -> list[dict]:
+        self.calls.append(("list", kind, ""))
         out = []
         for (av, k, ns, _), obj in sorted(self.objects.items()):
             have = obj["metadata"].get("labels", {})
@@ -50,6 +55,7 @@ class MemoryKubeClient:
 
     def create(self, obj: dict[str, Any]) -> dict:
         meta = obj["metadata"]
+        self.calls.append(("create", obj["kind"], meta["name"]))
         key = (obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         if obj["apiVersion"] not in self.served:
             raise KubeError(404, f"the server does not serve {obj['apiVersion']}")
@@ -80,6 +86,7 @@ class MemoryKubeClient:
         patch: dict[str, Any],
         subresource: str | None = None,
     ) -> dict:
+        self.calls.append(("patch/status" if subresource else "patch", kind, name))
         key = (api_version, kind, namespace, name)
         if key not in self.objects:
             raise NotFound(f'{kind} "{name}" not found')
@@ -99,10 +106,12 @@ class MemoryKubeClient:
         return copy.deepcopy(updated)
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.calls.append(("delete", kind, name))
         if self.objects.pop((api_version, kind, namespace, name), None) is not None:
             self.writes.append(("delete", kind, name))
 
     def serves(self, api_version: str) -> bool:
+        self.calls.append(("discover", api_version, ""))
         return api_version in self.served
 
     # -- test helpers -------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Each child we write carries `lamina.dev/last-applied`: the canonical JSON of wha
 A child is written only when that differs from what we want now, and the patch is the merge
 diff between the two (so a field we stopped setting is removed, and fields the apiserver or
 other controllers added are left alone). Re-running with the same spec issues no writes; a
-restarted operator finds children by name and converges without duplicates.
+restarted operator finds its children by label (or by name, when a create collides) and
+converges without duplicates.
 Known limit (kubectl-apply semantics): a hand edit of a child field is not reverted until the
 ServingDeployment changes in a way that touches that child.
 """
@@ -16,18 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..builders import Desired, Owner
-from ..constants import DEPLOYMENT_LABEL, LAST_APPLIED_ANNOTATION
+from ..constants import LAST_APPLIED_ANNOTATION
 from ..kube import AlreadyExists, KubeClient, merge_diff
-
-# Kinds the operator creates, with the apiVersions it may have used: pruning looks at these.
-CHILD_KINDS = (
-    ("v1", "ConfigMap"),
-    ("v1", "Secret"),
-    ("v1", "Service"),
-    ("apps/v1", "Deployment"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("policy/v1beta1", "PodDisruptionBudget"),
-)
+from .children import Children
 
 
 @dataclass(frozen=True)
@@ -71,7 +63,13 @@ def _changed_paths(patch: dict[str, Any], prefix: str = "", depth: int = 3) -> l
     return out
 
 
-def apply_one(client: KubeClient, owner: Owner, want: Desired, result: ApplyResult) -> None:
+def apply_one(
+    client: KubeClient, owner: Owner, want: Desired, children: Children, result: ApplyResult
+) -> None:
+    """Bring one child to `want`, comparing with its listed live copy (no GET of its own).
+
+    What the server answers to a create or patch replaces the listed copy in `children`.
+    """
     manifest = want.manifest
     api_version, kind, name = want.key
     # create_only children (the password Secret) keep no last-applied copy: it would hold the value.
@@ -79,13 +77,13 @@ def apply_one(client: KubeClient, owner: Owner, want: Desired, result: ApplyResu
     body = json.loads(stamp)
     if not want.create_only:
         body["metadata"].setdefault("annotations", {})[LAST_APPLIED_ANNOTATION] = stamp
-    live = client.get(api_version, kind, owner.namespace, name)
+    live = children.get(kind, name)
     if live is None:
         try:
-            client.create(body)
+            children.put(client.create(body))
             result.actions.append(Action("Created", kind, name))
             return
-        except AlreadyExists:  # another instance created it between our get and create
+        except AlreadyExists:  # unlabelled (orphan, foreign) or created by another instance
             live = client.get(api_version, kind, owner.namespace, name)
             if live is None:
                 raise
@@ -99,7 +97,7 @@ def apply_one(client: KubeClient, owner: Owner, want: Desired, result: ApplyResu
             patch = {
                 "metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]}
             }
-            client.patch(api_version, kind, owner.namespace, name, patch)
+            children.put(client.patch(api_version, kind, owner.namespace, name, patch))
             result.actions.append(Action("Adopted", kind, name))
         return
     annotations = live["metadata"].get("annotations") or {}
@@ -112,33 +110,37 @@ def apply_one(client: KubeClient, owner: Owner, want: Desired, result: ApplyResu
     patch.setdefault("metadata", {}).setdefault("annotations", {})[LAST_APPLIED_ANNOTATION] = stamp
     if ref is None:  # an orphan with our name (e.g. left by a deleted owner): take it over
         patch["metadata"]["ownerReferences"] = manifest["metadata"]["ownerReferences"]
-    client.patch(api_version, kind, owner.namespace, name, patch)
+    children.put(client.patch(api_version, kind, owner.namespace, name, patch))
     result.actions.append(Action("Adopted" if ref is None else "Updated", kind, name, fields))
 
 
-def apply_children(client: KubeClient, owner: Owner, desired: list[Desired]) -> ApplyResult:
+def apply_children(
+    client: KubeClient, owner: Owner, desired: list[Desired], children: Children
+) -> ApplyResult:
     result = ApplyResult()
     for want in desired:
-        apply_one(client, owner, want, result)
+        apply_one(client, owner, want, children, result)
     return result
 
 
 def prune_children(
-    client: KubeClient, owner: Owner, desired: list[Desired], result: ApplyResult
+    client: KubeClient,
+    owner: Owner,
+    desired: list[Desired],
+    children: Children,
+    result: ApplyResult,
 ) -> None:
-    """Delete children this owner controls that are no longer desired (e.g. managed Redis off).
+    """Delete listed children this owner controls that are no longer desired (managed Redis off).
 
     Only objects whose controller ownerReference is this very owner (uid) are candidates, so a
-    user's object that merely shares our labels is never deleted.
+    user's object that merely shares our labels is never deleted. Kind and name identify a
+    child, not the apiVersion it was read through.
     """
-    wanted = {want.key for want in desired}
-    for api_version, kind in CHILD_KINDS:
-        if not client.serves(api_version):
+    wanted = {(kind, name) for _, kind, name in (want.key for want in desired)}
+    for (kind, name), obj in sorted(children.objects.items()):
+        ref = _controller(obj)
+        if (kind, name) in wanted or ref is None or ref.get("uid") != owner.uid:
             continue
-        for obj in client.list(api_version, kind, owner.namespace, {DEPLOYMENT_LABEL: owner.name}):
-            name = obj["metadata"]["name"]
-            ref = _controller(obj)
-            if (api_version, kind, name) in wanted or ref is None or ref.get("uid") != owner.uid:
-                continue
-            client.delete(api_version, kind, owner.namespace, name)
-            result.actions.append(Action("Deleted", kind, name))
+        client.delete(obj["apiVersion"], kind, owner.namespace, name)
+        children.remove(kind, name)
+        result.actions.append(Action("Deleted", kind, name))

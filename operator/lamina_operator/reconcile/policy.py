@@ -27,22 +27,24 @@ def policy_status(body: dict[str, Any], now: str) -> tuple[dict[str, Any], str |
     return {"observedGeneration": generation, "conditions": conditions}, error
 
 
-def reconcile_policy(client: KubeClient, namespace: str, name: str, now: str) -> str | None:
+def reconcile_policy(client: KubeClient, body: dict[str, Any], now: str) -> str | None:
     """Write the policy's status if it changed; return the validation error, if any."""
-    body = client.get(API_VERSION, POLICY_KIND, namespace, name)
-    if body is None:
-        return None
     status, error = policy_status(body, now)
     if (body.get("status") or {}) != status:
-        client.patch(API_VERSION, POLICY_KIND, namespace, name, {"status": status}, "status")
+        meta = body["metadata"]
+        client.patch(
+            API_VERSION, POLICY_KIND, meta["namespace"], meta["name"], {"status": status}, "status"
+        )
     return error
 
 
-def referencing_deployments(client: KubeClient, namespace: str, policy: str) -> list[str]:
-    """Names of the ServingDeployments in `namespace` whose autoscaling.policyRef is `policy`."""
-    names = []
+def referencing_deployments(
+    client: KubeClient, namespace: str, policy: str
+) -> list[dict[str, Any]]:
+    """The ServingDeployments in `namespace` whose autoscaling.policyRef is `policy` (one list)."""
+    found = []
     for sd in client.list(API_VERSION, SERVING_KIND, namespace, {}):
         ref = (((sd.get("spec") or {}).get("autoscaling") or {}).get("policyRef") or {}).get("name")
         if ref == policy:
-            names.append(sd["metadata"]["name"])
-    return names
+            found.append(sd)
+    return found

@@ -1,7 +1,8 @@
 """One reconcile pass of a ServingDeployment: check, build, apply, prune, report.
 
-Called by every kopf trigger (create, update, resume, a timer, an owned Deployment changing):
-the pass is idempotent, so running it again with nothing changed makes no write at all (not
+Called with the body kopf hands a handler (create, update, resume, a policy change, a deleted
+child); an owned Deployment's other events only refresh status (`refresh_status`, one list).
+The pass is idempotent, so running it again with nothing changed makes no write at all (not
 even to status). It raises nothing for spec problems: it returns them, and the kopf handler
 decides between PermanentError and TemporaryError.
 """
@@ -14,10 +15,11 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from ..builders import BuildContext, Owner, build_children
-from ..constants import API_VERSION, SERVING_KIND
+from ..constants import API_VERSION, DEPLOYMENT_LABEL, SERVING_KIND
 from ..kube import KubeClient
 from .apply import Action, ApplyResult, apply_children, prune_children
 from .checks import Problem, check_name, check_references, parse_spec
+from .children import Children
 from .status import compute_status
 
 
@@ -53,7 +55,8 @@ def utc_now() -> str:
 
 
 class Reconciler:
-    """Holds the API client, the event recorder and a clock; stateless between passes."""
+    """Holds the API client, the event recorder and a clock; stateless between passes (but for
+    the PodDisruptionBudget version the server serves, asked once)."""
 
     def __init__(
         self,
@@ -64,24 +67,37 @@ class Reconciler:
         self.client = client
         self.recorder = recorder
         self.clock = clock
+        self._pdb_api_version: str | None = None
 
     def build_context(self) -> BuildContext:
-        pdb = "policy/v1" if self.client.serves("policy/v1") else "policy/v1beta1"
-        return BuildContext(pdb_api_version=pdb)
+        # A fresh context per pass: it carries the password a new managed Redis would get.
+        if self._pdb_api_version is None:
+            served = self.client.serves("policy/v1")
+            self._pdb_api_version = "policy/v1" if served else "policy/v1beta1"
+        return BuildContext(pdb_api_version=self._pdb_api_version)
 
-    def reconcile(self, namespace: str, name: str) -> Outcome:
-        body = self.client.get(API_VERSION, SERVING_KIND, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+    def reconcile(self, body: dict[str, Any]) -> Outcome:
+        """One pass over a ServingDeployment as kopf handed it (its body is not read again).
+
+        API calls when nothing changed: one list per child kind (5), plus a GET of each object
+        the spec references (the Redis password Secret, the AutoscalingPolicy).
+        """
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
             return Outcome(found=False)  # deleted: garbage collection removes the children
-        owner = Owner(name=name, namespace=namespace, uid=body["metadata"]["uid"])
+        namespace, name = meta["namespace"], meta["name"]
+        owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
         spec, problems = parse_spec(body.get("spec"))
         problems = check_name(name) + problems
         if spec is not None and not problems:
             problems += check_references(self.client, namespace, spec)
         result = ApplyResult()
+        children = Children()
         if spec is not None and not problems:
-            desired = build_children(owner, spec, self.build_context())
-            result = apply_children(self.client, owner, desired)
+            ctx = self.build_context()
+            children = Children.listed(self.client, owner, ctx.pdb_api_version)
+            desired = build_children(owner, spec, ctx)
+            result = apply_children(self.client, owner, desired, children)
             problems += [
                 Problem(
                     "NameConflict",
@@ -92,21 +108,49 @@ class Reconciler:
                 for kind, child, other in result.conflicts
             ]
             if not result.conflicts:
-                prune_children(self.client, owner, desired, result)
-        children = self._pool_deployments(owner, spec)
-        status = compute_status(body, spec, problems, children, self.clock())
+                prune_children(self.client, owner, desired, children, result)
+        elif spec is not None:  # blocked: report the pools as they are, touch nothing
+            children = self._list_deployments(owner)
+        status = compute_status(
+            body, spec, problems, self._pools(owner, spec, children), self.clock()
+        )
         self._write_status(body, status)
         self._post_events(body, result.actions, problems)
         return Outcome(found=True, problems=problems, actions=result.actions, status=status)
 
-    def _pool_deployments(self, owner: Owner, spec: Any) -> dict[str, dict | None]:
+    def refresh_status(self, body: dict[str, Any]) -> Outcome:
+        """An owned Deployment changed (pods became ready, a rollout moved): recompute status
+        from the pool Deployments alone, one list call, and write it if it changed.
+
+        Problems are found by full passes only, so while the last one reported a problem
+        (Degraded for a reason other than a failing pool) status stays as that pass wrote it;
+        the owner's handler retries, and its pass refreshes the pools too.
+        """
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp") or not _settled(body):
+            return Outcome(found=not meta.get("deletionTimestamp"))
+        spec, problems = parse_spec(body.get("spec"))
+        if spec is None or problems:
+            return Outcome(found=True, problems=problems)
+        owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+        children = self._list_deployments(owner)
+        status = compute_status(body, spec, [], self._pools(owner, spec, children), self.clock())
+        self._write_status(body, status)
+        return Outcome(found=True, status=status)
+
+    def _list_deployments(self, owner: Owner) -> Children:
+        children = Children()
+        labels = {DEPLOYMENT_LABEL: owner.name}
+        for obj in self.client.list("apps/v1", "Deployment", owner.namespace, labels):
+            children.put(obj)
+        return children
+
+    @staticmethod
+    def _pools(owner: Owner, spec: Any, children: Children) -> dict[str, dict | None]:
         roles = ["prefill", "decode", "router"]
         if spec is not None and spec.engine.kv_transfer.managed_redis:
             roles.append("redis")
-        return {
-            role: self.client.get("apps/v1", "Deployment", owner.namespace, f"{owner.name}-{role}")
-            for role in roles
-        }
+        return {role: children.deployment(owner, role) for role in roles}
 
     def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         current = body.get("status") or {}
@@ -132,3 +176,12 @@ class Reconciler:
         if previous.get("status") != "True" or previous.get("message") != message:
             for problem in problems:
                 self.recorder.event(body, "Warning", problem.reason, problem.message)
+
+
+def _settled(body: dict[str, Any]) -> bool:
+    """Whether the last full pass saw this generation and found no problem of the spec's."""
+    status = body.get("status") or {}
+    if status.get("observedGeneration") != body["metadata"].get("generation"):
+        return False
+    degraded = next((c for c in status.get("conditions") or [] if c.get("type") == "Degraded"), {})
+    return degraded.get("status") != "True" or degraded.get("reason") == "PoolFailing"
