@@ -1,11 +1,13 @@
 """AsyncEngine: the Engine's step loop on a background thread, token streams on asyncio.
 
     handler (event loop)                  engine thread
-    generate() --("add", ...)--> commands --> engine.add_request
-    generate(kv=groups) --("kv_*", ...)-->    KVLoads (serving/kv_loading.py): reserve, load
+    generate() ------- Add ------> commands --> engine.add_request
+    generate(kv=groups) -- Kv* -->            KVLoads (serving/kv_loading.py): reserve, load
                                               each group as it arrives, activate or recompute
     async for out in stream  <-- snapshot --  engine.step() outputs (call_soon_threadsafe)
-    stream closed early -------("abort")--->  engine.abort (a KV reservation too)
+    stream closed early ----- Abort ------->  engine.abort (a KV reservation too)
+
+The commands are the dataclasses of serving/engine_commands.py, dispatched by type.
 
 Only the engine thread touches the Engine (its KV cache, scheduler and runner are not
 thread-safe). Handlers get copies of each RequestOutput, taken when it changed.
@@ -25,6 +27,15 @@ from lamina_engine.engine import Engine, InvalidRequest
 from lamina_engine.outputs import RequestOutput
 from lamina_engine.runner import kv_io
 from lamina_engine.sampling_params import SamplingParams
+from lamina_engine.serving.engine_commands import (
+    Abort,
+    Add,
+    EngineCommand,
+    KvDone,
+    KvFailed,
+    KvGroup,
+    KvReserve,
+)
 from lamina_engine.serving.kv_loading import KVLoads, Recompute
 from lamina_engine.serving.kv_shipping import KVGroup
 from lamina_engine.serving.metrics import ServerMetrics
@@ -122,7 +133,7 @@ class AsyncEngine:
             self._streams[request_id] = stream
         feeding = None
         if kv is None:
-            self._post(("add", request_id, prompt, params))
+            self._post(Add(request_id, prompt, params))
         else:
             feeding = asyncio.ensure_future(self.kv_loads.feed(request_id, prompt, params, kv))
         finished = False
@@ -143,9 +154,9 @@ class AsyncEngine:
                 self._streams.pop(request_id, None)
             if not finished:
                 self.metrics.requests.labels(self.role, "abort").inc()
-                self._post(("abort", request_id))
+                self._post(Abort(request_id))
 
-    def _post(self, cmd: tuple) -> None:
+    def _post(self, cmd: EngineCommand) -> None:
         """Queue a command for the engine thread (any thread) and wake it."""
         self._commands.put(cmd)
         self._wake.set()
@@ -187,29 +198,40 @@ class AsyncEngine:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
                 return
-            kind, rid = cmd[0], cmd[1]
-            if kind == "abort":
-                self.engine.abort(rid)
-                self.kv_loads.forget(rid)
-                self._shipped.pop(rid, None)
+            if isinstance(cmd, Abort):
+                self.engine.abort(cmd.request_id)
+                self.kv_loads.forget(cmd.request_id)
+                self._shipped.pop(cmd.request_id, None)
                 continue
-            if kind in ("add", "kv_reserve"):
+            if isinstance(cmd, Add | KvReserve):
                 with self._lock:
-                    if rid not in self._streams:  # the client left before the engine saw it
+                    if cmd.request_id not in self._streams:  # the client left before now
                         continue
             try:
-                if kind == "add":
-                    self._admit(rid, cmd[2], cmd[3])
-                    continue
-                result = self.kv_loads.apply(cmd)
+                result = self._apply(cmd)
             except InvalidRequest as exc:
-                self._send(rid, RequestFailed(str(exc), invalid=True))
+                self._send(cmd.request_id, RequestFailed(str(exc), invalid=True))
                 continue
             if isinstance(result, Recompute):
                 self.count_fallback(result.reason)
-                self._admit(rid, result.ids, result.params)
+                self._admit(result.request_id, result.ids, result.params)
             elif result is not None:  # active, with the first token the prefill sampled
                 self._publish(result)
+
+    def _apply(self, cmd: EngineCommand) -> RequestOutput | Recompute | None:
+        match cmd:
+            case Add():
+                self._admit(cmd.request_id, cmd.prompt, cmd.params)
+                return None
+            case KvReserve():
+                return self.kv_loads.reserve(cmd)
+            case KvGroup():
+                return self.kv_loads.load_group(cmd)
+            case KvDone():
+                return self.kv_loads.activate(cmd)
+            case KvFailed():
+                return self.kv_loads.fail(cmd)
+        raise TypeError(f"unknown engine command {cmd!r}")
 
     def _admit(self, rid: str, prompt: str | list[int], params: SamplingParams) -> None:
         try:
@@ -238,6 +260,7 @@ class AsyncEngine:
             stream.last_tokens = len(times)
         if out.finished:
             self.metrics.requests.labels(role, out.finish_reason or "unknown").inc()
+            self.metrics.finished(out)
             if m is not None and m.e2e is not None:
                 self.metrics.e2e.labels(role).observe(m.e2e)
         self._send(out.request_id, snapshot(out))
@@ -260,6 +283,7 @@ class AsyncEngine:
         self.metrics.decode_tokens.labels(role).inc(stats.decode_tokens - dec)
         self.metrics.expert_bytes.labels(role).inc(max(0, stats.expert_bytes_loaded - exp))
         self._marks = (stats.prefill_tokens, stats.decode_tokens, stats.expert_bytes_loaded)
+        self.metrics.observe_engine(self.engine)
 
     def _ship_cohort_group(self) -> None:
         """Layered prefill: a cohort group just wrote its layers' KV for its members; ship it

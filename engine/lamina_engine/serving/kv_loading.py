@@ -3,11 +3,11 @@
 docs/design.md §3.6 step 3. The handler side (event loop) turns the received groups into commands;
 the engine thread, which alone touches the Engine, applies them between steps:
 
-    handler: feed()                                engine thread: apply()
-    ("kv_reserve", rid, ids, params)         -->   engine.reserve_prefilled     (blocks held)
-    ("kv_group", rid, layer_start, kv)       -->   engine.load_prefilled_group  (scattered)
-    ("kv_done", rid, first_token, timing)    -->   engine.activate_prefilled -> first output
-    ("kv_failed", rid, reason)               -->   release the blocks, recompute the prompt
+    handler: feed()                       engine thread (serving/engine_commands.py)
+    KvReserve(rid, ids, params)     -->   reserve():    engine.reserve_prefilled  (blocks held)
+    KvGroup(rid, layer_start, kv)   -->   load_group(): engine.load_prefilled_group (scattered)
+    KvDone(rid, first_token, timing) ->   activate():   engine.activate_prefilled -> output
+    KvFailed(rid, reason)           -->   fail():       release the blocks, recompute
 
 So the earlier groups are in the cache before the last one lands, and what stays exposed
 after it is that group's decode and scatter (`lamina_kv_transfer_exposed_seconds`). Every
@@ -27,6 +27,13 @@ from dataclasses import dataclass
 from lamina_engine.engine import Engine, InvalidRequest
 from lamina_engine.outputs import RequestOutput
 from lamina_engine.sampling_params import SamplingParams
+from lamina_engine.serving.engine_commands import (
+    KvDone,
+    KvFailed,
+    KvGroup,
+    KvReserve,
+    KvTiming,
+)
 from lamina_engine.serving.kv_shipping import KVGroup
 from lamina_engine.serving.metrics import ServerMetrics
 from lamina_engine.transfer import KVTransferError
@@ -43,13 +50,6 @@ class Recompute:
     ids: list[int]
     params: SamplingParams
     reason: str  # the lamina_kv_fallback_total label
-
-
-@dataclass(frozen=True)
-class _Timing:
-    started: float  # perf_counter(): the feed began waiting for group 0
-    arrived: float  # perf_counter(): the last group's blob came in
-    nbytes: int  # wire bytes of every group
 
 
 class KVLoads:
@@ -73,57 +73,29 @@ class KVLoads:
         failure of the transfer posts kv_failed. Cancelled (the client left, or the request
         already ended on a recompute) it posts nothing: the stream's abort covers that."""
         started, nbytes = time.perf_counter(), 0
-        self.post(("kv_reserve", request_id, ids, params))
+        self.post(KvReserve(request_id, ids, params))
         try:
             async with aclosing(groups):
                 async for group in groups:
                     nbytes += group.nbytes
-                    self.post(("kv_group", request_id, group.layer_start, group.kv))
+                    self.post(KvGroup(request_id, group.layer_start, group.kv))
                     if group.last:
-                        timing = _Timing(started, group.arrived, nbytes)
-                        self.post(("kv_done", request_id, group.first_token, timing))
+                        timing = KvTiming(started, group.arrived, nbytes)
+                        self.post(KvDone(request_id, group.first_token, timing))
                         return
             raise KVCorrupt(f"the KV of {request_id!r} ended before its last group")
         except (KVTransferError, ValueError) as exc:
             log.warning("KV of %s unusable (%s); recomputing the prompt", request_id, exc)
-            self.post(("kv_failed", request_id, type(exc).__name__))
+            self.post(KvFailed(request_id, type(exc).__name__))
         except Exception as exc:  # a bug must not leave the request waiting forever
             log.exception("loading the KV of %s failed; recomputing the prompt", request_id)
-            self.post(("kv_failed", request_id, type(exc).__name__))
+            self.post(KvFailed(request_id, type(exc).__name__))
 
     # ------------------------------------------------------------------ engine thread
-    def apply(self, cmd: tuple) -> RequestOutput | Recompute | None:
-        """Apply one kv_* command. Returns the request's first output once it is active, a
-        Recompute when its KV cannot be used, else None. InvalidRequest (the request itself
-        is bad) propagates from kv_reserve."""
-        kind, rid = cmd[0], cmd[1]
-        if kind == "kv_reserve":
-            return self._reserve(rid, cmd[2], cmd[3])
-        pending = self._loading.get(rid)
-        if pending is None:
-            return None  # recomputing already, or aborted: this KV is not wanted
-        try:
-            if kind == "kv_group":
-                self.engine.load_prefilled_group(rid, cmd[2], cmd[3])
-                return None
-            if kind == "kv_done":
-                out = self.engine.activate_prefilled(rid, cmd[2])
-                del self._loading[rid]
-                self._observe(cmd[3])
-                return out
-            reason = cmd[2]  # kv_failed
-        except ValueError as exc:
-            log.warning("request %s: received KV unusable (%s); recomputing", rid, exc)
-            reason = "kv_mismatch"
-        del self._loading[rid]
-        self.engine.release_prefilled(rid)
-        return Recompute(rid, *pending, reason)
-
-    def forget(self, request_id: str) -> None:
-        """The request was aborted (Engine.abort freed its reservation): ignore its KV."""
-        self._loading.pop(request_id, None)
-
-    def _reserve(self, rid: str, ids: list[int], params: SamplingParams) -> Recompute | None:
+    def reserve(self, cmd: KvReserve) -> Recompute | None:
+        """Hold blocks for the prompt; a Recompute when the shipped KV cannot be used here.
+        InvalidRequest (the request itself is bad) propagates."""
+        rid, ids, params = cmd.request_id, cmd.prompt_ids, cmd.params
         try:
             if self.engine.reserve_prefilled(rid, ids, params):
                 self._loading[rid] = (ids, params)
@@ -135,7 +107,46 @@ class KVLoads:
             log.warning("request %s cannot use shipped KV (%s); recomputing", rid, exc)
             return Recompute(rid, ids, params, "kv_mismatch")
 
-    def _observe(self, timing: _Timing) -> None:
+    def load_group(self, cmd: KvGroup) -> Recompute | None:
+        if cmd.request_id not in self._loading:
+            return None  # recomputing already, or aborted: this KV is not wanted
+        try:
+            self.engine.load_prefilled_group(cmd.request_id, cmd.layer_start, cmd.kv)
+        except ValueError as exc:
+            return self._unusable(cmd.request_id, exc)
+        return None
+
+    def activate(self, cmd: KvDone) -> RequestOutput | Recompute | None:
+        """The request's first output once it is active (None when its KV is not wanted)."""
+        if cmd.request_id not in self._loading:
+            return None
+        try:
+            out = self.engine.activate_prefilled(cmd.request_id, cmd.first_token)
+        except ValueError as exc:
+            return self._unusable(cmd.request_id, exc)
+        del self._loading[cmd.request_id]
+        self._observe(cmd.timing)
+        return out
+
+    def fail(self, cmd: KvFailed) -> Recompute | None:
+        if cmd.request_id not in self._loading:
+            return None
+        return self._recompute(cmd.request_id, cmd.reason)
+
+    def forget(self, request_id: str) -> None:
+        """The request was aborted (Engine.abort freed its reservation): ignore its KV."""
+        self._loading.pop(request_id, None)
+
+    def _unusable(self, rid: str, exc: ValueError) -> Recompute:
+        log.warning("request %s: received KV unusable (%s); recomputing", rid, exc)
+        return self._recompute(rid, "kv_mismatch")
+
+    def _recompute(self, rid: str, reason: str) -> Recompute:
+        ids, params = self._loading.pop(rid)
+        self.engine.release_prefilled(rid)
+        return Recompute(rid, ids, params, reason)
+
+    def _observe(self, timing: KvTiming) -> None:
         now, role = time.perf_counter(), self.metrics.role
         self.metrics.kv_bytes.labels(role, "load").inc(timing.nbytes)
         self.metrics.kv_seconds.labels(role, "load").observe(now - timing.started)
