@@ -1,12 +1,14 @@
 """AutoscalingPolicy: a reusable SLO policy for a ServingDeployment's prefill and decode pools.
 
 No floats in spec (Kubernetes API conventions): latencies are integer milliseconds, percentiles
-integers in [50, 99] (p99.9 is out of scope), the P:D ratio is a pair of integer percentages.
-The controller that acts on it comes with the autoscaling issue; here are the schema and the
-checks that keep a policy coherent.
+integers in [50, 99] (p99.9 is out of scope), the P:D ratio is a pair of integer percentages,
+utilisations and tolerances integer percent. `lamina_operator.autoscaling.decide` acts on every
+field; docs/autoscaling.md says how.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -57,6 +59,40 @@ def _default_down() -> ScalingBehavior:
     return ScalingBehavior(stabilization_window_seconds=300, max_step=1)
 
 
+class ManualChangePolicy(KubeModel):
+    """What the autoscaler does when someone else changes a pool's replicas while it is active."""
+
+    action: Literal["yield", "reclaim"] = Field(
+        default="yield",
+        description=(
+            "yield: keep the new replicas for holdSeconds, then autoscale from them; "
+            "reclaim: report the change once, then apply the autoscaler's own decision."
+        ),
+    )
+    hold_seconds: int = Field(
+        default=900,
+        ge=0,
+        le=86_400,
+        description="yield: seconds the manually set replicas are left alone.",
+    )
+
+
+class MetricsSource(KubeModel):
+    """Where the autoscaler reads pool metrics: the pods themselves, or a Prometheus."""
+
+    prometheus_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description=(
+            "Prometheus HTTP API base URL, e.g. http://prometheus.monitoring.svc:9090; unset: "
+            "scrape the router and engine pods' /metrics directly."
+        ),
+    )
+    timeout_seconds: int = Field(
+        default=5, ge=1, le=60, description="Timeout of one metrics request, in seconds."
+    )
+
+
 class AutoscalingPolicySpec(KubeModel):
     """SLO targets and bounds for one closed scaling loop over both pools."""
 
@@ -80,6 +116,51 @@ class AutoscalingPolicySpec(KubeModel):
         ge=1,
         le=100_000,
         description="Most GPUs (nvidia.com/gpu limits) prefill and decode may use together.",
+    )
+    keep_gpu_total: bool = Field(
+        default=False,
+        description=(
+            "true: keep prefill+decode GPUs equal to gpuBudget and only move replicas between "
+            "the pools (within min/max and the ratio bounds)."
+        ),
+    )
+    mode: Literal["active", "advisory"] = Field(
+        default="active",
+        description="active: apply decisions; advisory: decide and report, change nothing.",
+    )
+    tolerance_percent: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="No change while every signal is within this many percent of its target.",
+    )
+    warmup_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description="Latency samples of pods ready for less than this are ignored (cold start).",
+    )
+    target_kv_utilization_percent: int = Field(
+        default=80, ge=1, le=100, description="Decode KV-cache utilisation to hold pods at."
+    )
+    target_prefill_backlog_milliseconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=600_000,
+        description=(
+            "Queued prefill work per pool, in milliseconds of its measured prefill rate, to hold "
+            "at. Unset: half the TTFT target, or 1000 ms without one."
+        ),
+    )
+    manual_change: ManualChangePolicy = Field(
+        default_factory=ManualChangePolicy,
+        description="What to do when a pool's replicas are changed by someone else.",
+    )
+    metrics: MetricsSource = Field(
+        default_factory=MetricsSource, description="Where pool metrics are read."
+    )
+    history_limit: int = Field(
+        default=10, ge=1, le=100, description="Decisions kept in the ServingDeployment status."
     )
     evaluation_interval_seconds: int = Field(
         default=15, ge=5, le=3600, description="Seconds between scaling evaluations."
@@ -111,4 +192,18 @@ class AutoscalingPolicySpec(KubeModel):
                 f"prefillToDecodeRatio.minPercent ({ratio.min_percent}) is greater than "
                 f"maxPercent ({ratio.max_percent}); swap them"
             )
+        if self.keep_gpu_total and self.gpu_budget is None:
+            raise ValueError(
+                "keepGpuTotal is true but gpuBudget is not set: set gpuBudget to the GPU total "
+                "to keep, or drop keepGpuTotal"
+            )
         return self
+
+    @property
+    def backlog_target_seconds(self) -> float:
+        """Prefill backlog to hold each pool at, in seconds of its measured prefill rate."""
+        if self.target_prefill_backlog_milliseconds is not None:
+            return self.target_prefill_backlog_milliseconds / 1000
+        if self.ttft is not None:
+            return self.ttft.target_milliseconds / 2000
+        return 1.0

@@ -1,0 +1,288 @@
+"""Table-driven tests of the pure decision function: one scenario per row, replicas asserted.
+
+Scenarios build observations from a few numbers (latency percentiles become one-bucket
+histograms), run `decide` over a sequence of evaluations feeding each decision back as history
+(as the operator and the simulation do), and check the replicas and the reason a user sees.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lamina_operator.api import AutoscalingPolicySpec
+from lamina_operator.autoscaling import (
+    HistoryEntry,
+    Observation,
+    PodSample,
+    PoolObservation,
+    RouterSample,
+    decide,
+)
+from lamina_operator.autoscaling.observation import quantile
+
+
+def hist(seconds: float, n: int = 100):
+    """n observations in a narrow bucket ending at `seconds`: every percentile is ~`seconds`."""
+    return ((seconds * 0.999, 0.0), (seconds, float(n)), (float("inf"), float(n)))
+
+
+def policy(**kw) -> AutoscalingPolicySpec:
+    base = {
+        "ttft": {"percentile": 90, "targetMilliseconds": 500},
+        "tbt": {"percentile": 90, "targetMilliseconds": 50},
+        "prefill": {"minReplicas": 1, "maxReplicas": 16},
+        "decode": {"minReplicas": 1, "maxReplicas": 16},
+        "prefillToDecodeRatio": {"minPercent": 10, "maxPercent": 1000},
+        "warmupSeconds": 60,
+    }
+    base.update(kw)
+    return AutoscalingPolicySpec.model_validate(base)
+
+
+def prefill(n, ttft=0.46, queued=0.0, rate=1000.0, starting=0, age=600.0, gpus=1, desired=None):
+    pods = tuple(
+        PodSample(f"p{i}", age, ttft=hist(ttft), queued_prefill_tokens=queued / max(n, 1),
+                  prefill_tokens_per_second=rate / max(n, 1))
+        for i in range(n)
+    )  # fmt: skip
+    return PoolObservation(
+        desired if desired is not None else n + starting, n, starting, gpus, pods
+    )
+
+
+def decode(n, tbt=0.02, kv=0.5, waiting=0.0, starting=0, age=600.0, gpus=1, desired=None):
+    pods = tuple(
+        PodSample(f"d{i}", age, tbt=hist(tbt), kv_utilization=kv, running=10,
+                  waiting_requests=waiting / max(n, 1))
+        for i in range(n)
+    )  # fmt: skip
+    return PoolObservation(
+        desired if desired is not None else n + starting, n, starting, gpus, pods
+    )
+
+
+def obs(now, p, d, **kw) -> Observation:
+    return Observation(now=now, pools={"prefill": p, "decode": d}, **kw)
+
+
+def run(pol, observations):
+    """Decide each observation in turn with the previous decisions as history."""
+    history: list[HistoryEntry] = []
+    out = []
+    for o in observations:
+        dec = decide(pol, o, history)
+        history.append(dec.history_entry(applied=pol.mode == "active"))
+        out.append(dec)
+    return out
+
+
+def test_quantile_matches_prometheus_interpolation():
+    h = ((0.1, 50.0), (0.2, 100.0), (float("inf"), 100.0))
+    assert quantile(0.5, h) == pytest.approx(0.1)
+    assert quantile(0.75, h) == pytest.approx(0.15)
+    assert quantile(0.99, ((0.1, 0.0), (float("inf"), 10.0))) == 0.1  # +inf: highest bound
+    assert quantile(0.9, ()) is None
+
+
+# (name, policy overrides, observation, expected {pool: replicas}, expected reason)
+SINGLE = [
+    ("burst: TTFT 2x target doubles prefill", {}, obs(0, prefill(2, ttft=1.0), decode(2)),
+     {"prefill": 4, "decode": 2}, "ScaledUp"),
+    ("burst bigger than maxStep", {}, obs(0, prefill(2, ttft=5.0), decode(2)),
+     {"prefill": 6, "decode": 2}, "ScaledUp"),
+    ("within tolerance: TTFT 1.05x", {}, obs(0, prefill(2, ttft=0.5), decode(2, kv=0.85)),
+     {"prefill": 2, "decode": 2}, "WithinTolerance"),
+    ("decode TBT over target", {}, obs(0, prefill(2), decode(3, tbt=0.1)),
+     {"prefill": 2, "decode": 6}, "ScaledUp"),
+    ("decode KV demand with waiting requests", {},
+     obs(0, prefill(2), decode(2, kv=0.8, waiting=20)), {"prefill": 2, "decode": 4}, "ScaledUp"),
+    ("prefill backlog charged from the router", {},
+     obs(0, prefill(2), decode(2), router=RouterSample(queued_prefill_tokens=1000)),
+     {"prefill": 6, "decode": 2}, "ScaledUp"),
+    ("at max replicas", {"prefill": {"minReplicas": 1, "maxReplicas": 2}},
+     obs(0, prefill(2, ttft=2.0), decode(2)), {"prefill": 2, "decode": 2}, "AtMaxReplicas"),
+    ("raised to minReplicas", {"decode": {"minReplicas": 3, "maxReplicas": 8}},
+     obs(0, prefill(2), decode(2, kv=0.85)), {"prefill": 2, "decode": 3}, "ScaledUp"),
+    ("cold-start samples ignored", {}, obs(0, prefill(2, ttft=2.0, age=10), decode(2)),
+     {"prefill": 2, "decode": 2}, "WithinTolerance"),
+    ("the same samples from warm pods count", {}, obs(0, prefill(2, ttft=2.0, age=61), decode(2)),
+     {"prefill": 6, "decode": 2}, "ScaledUp"),
+    ("starting pods credited: latency waits for them", {},
+     obs(0, prefill(2, ttft=2.0, starting=4), decode(2)), {"prefill": 6, "decode": 2},
+     "StartingPods"),
+    ("starting pods credited: backlog sized on all pods", {},
+     obs(0, prefill(2, queued=1000, rate=2000, starting=2), decode(2)),
+     {"prefill": 4, "decode": 2}, "StartingPods"),
+    ("ratio min raises prefill", {"prefillToDecodeRatio": {"minPercent": 50, "maxPercent": 200}},
+     obs(0, prefill(2), decode(4, tbt=0.1)), {"prefill": 4, "decode": 8}, "ScaledUp"),
+    ("ratio max raises decode", {"prefillToDecodeRatio": {"minPercent": 10, "maxPercent": 100}},
+     obs(0, prefill(2, ttft=1.5), decode(2)), {"prefill": 6, "decode": 6}, "ScaledUp"),
+    ("ratio max with decode at its max lowers prefill",
+     {"prefillToDecodeRatio": {"minPercent": 10, "maxPercent": 100},
+      "decode": {"minReplicas": 1, "maxReplicas": 3}},
+     obs(0, prefill(2, ttft=1.5), decode(2)), {"prefill": 3, "decode": 3}, "ScaledUp"),
+    ("budget binds: replicas shift to prefill (furthest from SLO)", {"gpuBudget": 8},
+     obs(0, prefill(2, ttft=2.0), decode(6, kv=0.75)), {"prefill": 5, "decode": 3}, "Rebalanced"),
+    ("budget counts GPUs per replica", {"gpuBudget": 8},
+     obs(0, prefill(2, ttft=2.0, gpus=2), decode(2, gpus=1)), {"prefill": 3, "decode": 2},
+     "ScaledUp"),
+    ("keepGpuTotal fills the budget by pressure", {"gpuBudget": 6, "keepGpuTotal": True},
+     obs(0, prefill(2, ttft=0.45), decode(2, kv=0.7)), {"prefill": 3, "decode": 3}, "ScaledUp"),
+    ("metrics unavailable holds", {},
+     obs(0, prefill(2, ttft=2.0), decode(2), metrics_error="connection refused"),
+     {"prefill": 2, "decode": 2}, "MetricsUnavailable"),
+    ("prefill scaled to zero wakes on queued work", {"prefill": {"minReplicas": 0,
+     "maxReplicas": 4}}, obs(0, prefill(0, queued=500), decode(2)), {"prefill": 1, "decode": 2},
+     "ScaledUp"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name,overrides,observation,want,reason", SINGLE, ids=[row[0] for row in SINGLE]
+)
+def test_single_decision(name, overrides, observation, want, reason):
+    dec = decide(policy(**overrides), observation, [])
+    assert dec.desired() == want, dec.message()
+    assert dec.reason == reason, dec.message()
+
+
+def test_decision_explains_inputs_and_clamps():
+    dec = decide(policy(gpuBudget=8), obs(0, prefill(2, ttft=2.0), decode(6, kv=0.75)), [])
+    text = dec.message()
+    assert "ttft=" in text and "kv=" in text and "budget: decode 6->3" in text
+    assert "gpus 8->8/8" in text
+    assert dec.pools["prefill"].recommended == 8  # what the signals wanted before the clamps
+    assert any(c.startswith("maxStep") for c in dec.pools["prefill"].clamps)
+
+
+def test_scale_down_takes_highest_recommendation_over_window():
+    # Demand falls to a third; the recommendation made at t=0 (6 pods) stays in the 300 s window.
+    pol = policy(scaleDown={"stabilizationWindowSeconds": 300, "maxStep": 10})
+    history, got, reasons, replicas = [], [], [], 6
+    for t, demand in [(0, 0.8 * 6), (100, 0.25 * 6), (200, 0.25 * 6), (301, 0.25 * 6),
+                      (401, 0.25 * 6)]:  # fmt: skip
+        d = decide(pol, obs(t, prefill(2), decode(replicas, kv=demand / replicas)), history)
+        history.append(d.history_entry(applied=True))
+        replicas = d.pools["decode"].desired
+        got.append(replicas)
+        reasons.append(d.reason)
+    assert got == [6, 6, 6, 2, 2]  # AIBrix's minimum-over-window would give [6, 2, 2, 2, 2]
+    assert reasons[1] == "Stabilizing" and reasons[3] == "ScaledDown"
+
+
+def test_noisy_metrics_do_not_flap():
+    # KV utilisation alternates 0.45 / 0.95 around a 0.8 target every 15 s for 10 minutes.
+    pol = policy()
+    replicas, seq = 4, []
+    decisions, history = [], []
+    for i in range(40):
+        kv = (0.95 if i % 2 else 0.45) * 4 / replicas  # the same demand spread over the pods
+        o = obs(15 * i, prefill(2), decode(replicas, kv=kv))
+        d = decide(pol, o, history)
+        history.append(d.history_entry(applied=True))
+        replicas = d.pools["decode"].desired
+        decisions.append(d)
+        seq.append(replicas)
+    changes = sum(1 for a, b in zip(seq, seq[1:]) if a != b)
+    assert changes <= 1  # at most the one scale-up the 0.95 peaks justify, never back down
+    assert min(seq) >= 4
+
+
+def test_slow_drift_scales_one_step_at_a_time():
+    pol = policy()
+    replicas, history, seq = 4, [], []
+    for i in range(30):  # KV utilisation drifts from 0.60 up by 0.01 per evaluation
+        kv = (0.6 + 0.01 * i) * 4 / replicas
+        d = decide(pol, obs(15 * i, prefill(2), decode(replicas, kv=kv)), history)
+        history.append(d.history_entry(applied=True))
+        replicas = d.pools["decode"].desired
+        seq.append(replicas)
+    first_up = seq.index(5)
+    assert (
+        0.6 + 0.01 * first_up > 0.8 * 1.1
+    )  # demand per pod of the first 4 pods  # nothing before the tolerance band is crossed
+    assert all(b - a <= 1 for a, b in zip(seq, seq[1:]))
+
+
+def test_scale_up_window_takes_lowest_recommendation():
+    pol = policy(scaleUp={"stabilizationWindowSeconds": 60, "maxStep": 10})
+    decisions = run(pol, [obs(0, prefill(2), decode(2)), obs(15, prefill(2), decode(2, tbt=0.2))])
+    assert decisions[1].pools["decode"].desired == 2  # the window still holds a "2"
+    assert decisions[1].pools["decode"].clamps == ("scaleUp window: 8->2",)
+
+
+def test_manual_edit_yield_holds_then_resumes():
+    pol = policy(manualChange={"action": "yield", "holdSeconds": 600})
+    seq = [obs(0, prefill(2), decode(4)),  # autoscaler leaves 4
+           obs(15, prefill(2), decode(7)),  # someone scaled decode to 7
+           obs(300, prefill(2), decode(7, kv=0.2)),  # idle, but the hold is on
+           obs(700, prefill(2), decode(7, kv=0.2))]  # fmt: skip
+    d = run(pol, seq)
+    assert d[1].manual_changes == ("decode",) and d[1].reason == "ManualChangeYielded"
+    assert d[1].pools["decode"].desired == 7 and d[1].pools["decode"].held
+    assert d[2].pools["decode"].desired == 7 and d[2].reason == "ManualChangeHeld"
+    assert d[2].manual_changes == ()  # reported once, not on every evaluation
+    assert d[3].pools["decode"].desired == 6  # hold over: autoscaling resumes from 7
+    assert not d[3].pools["decode"].held
+
+
+def test_manual_edit_reclaim_restores_once():
+    pol = policy(manualChange={"action": "reclaim"})
+    d = run(pol, [obs(0, prefill(2), decode(4, kv=0.75)), obs(15, prefill(2), decode(9, kv=0.75)),
+                  obs(30, prefill(2), decode(4, kv=0.75))])  # fmt: skip
+    assert d[1].manual_changes == ("decode",) and d[1].reason == "ManualChangeReclaimed"
+    assert d[1].pools["decode"].desired == 4 and d[1].apply
+    assert d[2].manual_changes == () and d[2].reason == "WithinTolerance"
+
+
+def test_advisory_mode_decides_but_applies_nothing():
+    pol = policy(mode="advisory")
+    d = run(
+        pol, [obs(0, prefill(2, ttft=2.0), decode(2)), obs(15, prefill(2, ttft=2.0), decode(9))]
+    )
+    assert d[0].pools["prefill"].desired == 6 and not d[0].apply
+    assert d[0].message().startswith("advisory")
+    assert d[0].history_entry(applied=False).applied is None
+    assert d[1].manual_changes == ()  # nothing was applied, so nothing can be overridden
+
+
+def test_burst_then_quiet_returns_to_baseline():
+    pol = policy()
+    p, history, seq = 2, [], []
+    for t in range(0, 1500, 15):
+        hot = 100 <= t < 250
+        ready = p  # pods become ready at once in this table (the simulation models start-up)
+        o = obs(t, prefill(ready, ttft=1.5 if hot else 0.1, rate=ready * 900.0), decode(2))
+        d = decide(pol, o, history)
+        history.append(d.history_entry(applied=True))
+        p = d.pools["prefill"].desired
+        seq.append(p)
+    assert max(seq) > 2
+    assert seq[-1] < max(seq)  # it comes back down after the burst, one step per window
+
+
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ({"keepGpuTotal": True}, "keepGpuTotal is true but gpuBudget is not set"),
+        ({"mode": "dry-run"}, "mode"),
+        ({"manualChange": {"action": "fight"}}, "action"),
+        ({"metrics": {"prometheusUrl": "prometheus:9090"}}, "prometheusUrl"),
+        ({"tolerancePercent": 101}, "tolerancePercent"),
+        ({"targetKvUtilizationPercent": 0}, "targetKvUtilizationPercent"),
+        ({"historyLimit": 0}, "historyLimit"),
+    ],
+)
+def test_new_policy_fields_are_validated(spec, needle):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        AutoscalingPolicySpec.model_validate(spec)
+    text = str(err.value)
+    assert needle in text or needle in str(err.value.errors()[0]["loc"]).replace("_", "")
+
+
+def test_backlog_target_follows_ttft_or_its_own_field():
+    assert policy().backlog_target_seconds == 0.25
+    assert policy(targetPrefillBacklogMilliseconds=800).backlog_target_seconds == 0.8
+    assert AutoscalingPolicySpec().backlog_target_seconds == 1.0
