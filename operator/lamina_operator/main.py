@@ -10,6 +10,7 @@ import kopf
 from .constants import GROUP, MANAGED_BY, POLICY_PLURAL, SERVING_PLURAL, VERSION
 from .handlers.policy import on_policy
 from .handlers.serving import KopfRecorder, on_child_event, reconcile_serving
+from .kube import KubeError
 from .kube.rest import RestKubeClient, load_config
 from .metrics import observe_reconcile
 from .reconcile import Reconciler
@@ -21,7 +22,10 @@ _OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
-    load_config()
+    try:
+        load_config()
+    except KubeError as exc:  # nothing to retry: without credentials the operator cannot run
+        raise kopf.PermanentError(str(exc)) from exc
     memo.reconciler = Reconciler(RestKubeClient(), KopfRecorder())
 
 

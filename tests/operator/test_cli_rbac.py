@@ -46,7 +46,14 @@ def test_kopf_settings_are_pinned():
     assert settings.persistence.finalizer == FINALIZER == "lamina.dev/kopf-finalizer"
     assert settings.persistence.progress_storage.prefix == "lamina.dev"
     assert settings.persistence.diffbase_storage.prefix == "lamina.dev"
+    # kopf's current key format only: no legacy second copy of every progress annotation.
+    assert settings.persistence.progress_storage.v1 is False
+    assert settings.persistence.diffbase_storage.v1 is False
     assert settings.peering.name == "lamina-operator"
+    # Only explicit Events are posted: a logged line never becomes a second Event.
+    assert settings.posting.enabled and settings.posting.loggers is False
+    assert settings.posting.reporting_component == "lamina-operator"
+    assert settings.networking.request_timeout == 60 and settings.watching.server_timeout == 600
 
 
 def test_handlers_are_registered():

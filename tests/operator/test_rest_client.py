@@ -6,7 +6,9 @@ A loopback HTTP server stands in for kube-apiserver; e2e/ runs the same client a
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,7 +16,7 @@ import pytest
 from kubernetes import client as k8s
 
 from lamina_operator.kube import AlreadyExists, KubeError
-from lamina_operator.kube.rest import RestKubeClient
+from lamina_operator.kube.rest import RETRIES, RestKubeClient
 
 
 class _Api(BaseHTTPRequestHandler):
@@ -56,7 +58,7 @@ def rest():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     config = k8s.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
-    yield RestKubeClient(k8s.ApiClient(config))
+    yield RestKubeClient(config)
     server.shutdown()
     server.server_close()
 
@@ -107,3 +109,22 @@ def test_errors_and_discovery(rest):
     assert rest.serves("policy/v1") is False and rest.serves("policy/v1beta1") is True
     rest.serves("policy/v1")  # cached: no second request
     assert sum(1 for _, p, _, _ in _Api.requests if p == "/apis/policy/v1") == 1
+
+
+def test_a_silent_api_server_times_out_as_a_kube_error():
+    """A server that accepts the connection and never answers: the call gives up at its deadline
+    (read timeout x (1 + RETRIES) for a GET) and says so, instead of blocking a kopf worker."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # connections queue in the backlog and are never read
+    try:
+        config = k8s.Configuration(host=f"http://127.0.0.1:{listener.getsockname()[1]}")
+        client = RestKubeClient(config, timeout=(1.0, 0.3))
+        started = time.monotonic()
+        with pytest.raises(KubeError) as info:
+            client.get("v1", "ConfigMap", "ns", "c")
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    assert info.value.status == 0 and "no answer from the API server" in info.value.message
+    assert 0.3 <= elapsed < 0.3 * (1 + RETRIES) + 1.0, elapsed

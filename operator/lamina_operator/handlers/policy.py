@@ -7,13 +7,16 @@ from typing import Any
 import kopf
 
 from ..reconcile import Reconciler, reconcile_policy, referencing_deployments
+from .errors import kube_errors
 
 
 def on_policy(reconciler: Reconciler, body: dict[str, Any], logger: Any) -> None:
     meta = body["metadata"]
-    error = reconcile_policy(reconciler.client, body, reconciler.clock())
-    # ServingDeployments waiting on this policy (PolicyNotFound/InvalidPolicy) converge now.
-    for sd in referencing_deployments(reconciler.client, meta["namespace"], meta["name"]):
-        reconciler.reconcile(sd)
+    with kube_errors(f"AutoscalingPolicy {meta['name']}"):
+        error = reconcile_policy(reconciler.client, body, reconciler.clock())
+        # ServingDeployments waiting on this policy (PolicyNotFound/InvalidPolicy) converge now;
+        # their own problems are theirs to report (status, Warning Events, their handler).
+        for sd in referencing_deployments(reconciler.client, meta["namespace"], meta["name"]):
+            reconciler.reconcile(sd)
     if error is not None:
         raise kopf.PermanentError(f"AutoscalingPolicy {meta['name']} is invalid: {error}")

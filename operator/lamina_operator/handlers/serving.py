@@ -2,7 +2,12 @@
 
 They only translate between kopf and the Reconciler: spec problems the user must fix become
 kopf.PermanentError (no retry until the spec changes), problems the world may fix later (a
-Secret or policy created afterwards) become kopf.TemporaryError with a delay.
+Secret or policy created afterwards) become kopf.TemporaryError with a delay, and failed API
+calls are classified in handlers/errors.py.
+
+What the operator did reaches a user once: as an Event on the ServingDeployment (posted by the
+reconciler's recorder), while the log has it at DEBUG only. Problems are Warning Events (once
+per distinct problem) and kopf's own retry log lines.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ import kopf
 from ..constants import DEPLOYMENT_LABEL, MANAGED_BY
 from ..kube import KubeError
 from ..reconcile import Reconciler
-
-RETRY_DELAY_SECONDS = 30
+from .errors import RETRY_DELAY_SECONDS, kube_errors
 
 
 class KopfRecorder:
@@ -28,17 +32,10 @@ class KopfRecorder:
 
 
 def reconcile_serving(reconciler: Reconciler, body: dict[str, Any], logger: Any) -> None:
-    try:
+    with kube_errors(f"ServingDeployment {body['metadata']['name']}"):
         outcome = reconciler.reconcile(body)
-    except KubeError as exc:  # RBAC gaps, API server hiccups: retry, and say where to look
-        hint = (
-            " (compare the operator's RBAC with lamina_operator.rbac)" if exc.status == 403 else ""
-        )
-        raise kopf.TemporaryError(
-            f"Kubernetes API call failed: {exc}{hint}", delay=RETRY_DELAY_SECONDS
-        ) from exc
-    for action in outcome.actions:
-        logger.info(action.describe())
+    for action in outcome.actions:  # posted as an Event by the recorder already
+        logger.debug(action.describe())
     if not outcome.problems:
         return
     message = "; ".join(f"{p.reason}: {p.message}" for p in outcome.problems)
@@ -57,7 +54,8 @@ def on_child_event(
     """An owned Deployment changed: refresh the owner's status from its pools (one list call).
 
     `owners` is kopf's index of ServingDeployment bodies by (namespace, name), so the owner is
-    never fetched. A deleted child gets a full pass, which recreates it.
+    never fetched. A deleted child gets a full pass, which recreates it. kopf does not retry
+    event handlers, so a failed API call is only logged: the owner's next pass catches up.
     """
     meta = child.get("metadata", {})
     labels = meta.get("labels") or {}
@@ -67,9 +65,15 @@ def on_child_event(
     body = next(iter(owners.get((meta["namespace"], owner), ())), None)
     if body is None:  # the owner is gone: garbage collection removes the rest
         return
-    if event_type == "DELETED":
-        outcome = reconciler.reconcile(body)
-    else:
-        outcome = reconciler.refresh_status(body)
+    try:
+        if event_type == "DELETED":
+            outcome = reconciler.reconcile(body)
+        else:
+            outcome = reconciler.refresh_status(body)
+    except KubeError as exc:
+        logger.warning(f"{owner}: refreshing after a change of {meta.get('name')} failed: {exc}")
+        return
+    for action in outcome.actions:
+        logger.debug(action.describe())
     if outcome.problems:  # already reported on the owner; the owner's handler retries
         logger.debug(f"{owner}: {len(outcome.problems)} problem(s) pending")

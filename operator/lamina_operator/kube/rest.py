@@ -2,28 +2,48 @@
 
 Plain REST paths with dict bodies rather than the typed API classes: one code path for every
 kind (CRDs included), and the JSON we read back is exactly what the server stored.
+
+Every call has a deadline (`REQUEST_TIMEOUT`: connect, read, in seconds): a handler blocked on
+an API server that accepted the connection and went quiet would otherwise hold one of kopf's
+few worker threads forever. Transport failures (timeouts, refused connections, TLS errors)
+become `KubeError` with status 0, so handlers classify them like any other failed call.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from .client import AlreadyExists, KubeError, NotFound, plural_of
 
 _MERGE = "application/merge-patch+json"
+# (connect, read) seconds. A pass makes single-object calls and label-selected lists of one
+# owner's children: even a loaded apiserver answers them in well under a second.
+REQUEST_TIMEOUT = (5.0, 30.0)
+# urllib3 retries a failed connection or an idempotent read this many times: with the timeouts
+# above a call gives up within 2 x 35 s (urllib3's own default, 3, made it 140 s).
+RETRIES = 1
 
 
 def load_config() -> None:
     """In-cluster credentials when running in a pod, else the current kubeconfig context."""
     try:
         k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
+    except k8s_config.ConfigException as in_pod:
+        try:
+            k8s_config.load_kube_config()
+        except (k8s_config.ConfigException, OSError) as exc:
+            raise KubeError(
+                0,
+                f"no Kubernetes credentials: not in a pod ({in_pod}) and no usable kubeconfig "
+                f"({exc}): set KUBECONFIG or select a context with `kubectl config use-context`",
+            ) from exc
 
 
 def _base(api_version: str) -> str:
@@ -36,10 +56,18 @@ def _path(api_version: str, kind: str, namespace: str, name: str | None = None) 
 
 
 class RestKubeClient:
-    """The real thing. Create one after `load_config()` (kopf's login is separate)."""
+    """The real thing. Create one after `load_config()` (kopf's login is separate), or pass the
+    configuration of the cluster to talk to."""
 
-    def __init__(self, api_client: k8s.ApiClient | None = None):
-        self.api = api_client or k8s.ApiClient()
+    def __init__(
+        self,
+        configuration: k8s.Configuration | None = None,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    ):
+        config = copy.deepcopy(configuration or k8s.Configuration.get_default_copy())
+        config.retries = RETRIES
+        self.api = k8s.ApiClient(config)
+        self.timeout = timeout
         self._served: dict[str, bool] = {}
 
     def _call(
@@ -60,10 +88,14 @@ class RestKubeClient:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = self.api.call_api(method, url, header_params=headers, body=body)
+            response = self.api.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=self.timeout
+            )
             raw = response.read()
         except ApiException as exc:  # the HTTP layer raises on some statuses
             raise _error(exc.status or 0, exc.body or exc.reason or "") from exc
+        except HTTPError as exc:  # no answer: timeout, refused, reset, TLS
+            raise KubeError(0, f"{method} {path}: no answer from the API server ({exc})") from exc
         if response.status >= 400:
             raise _error(response.status, raw.decode(errors="replace") if raw else "")
         return json.loads(raw) if raw else {}

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..builders import Desired, Owner
 from ..constants import LAST_APPLIED_ANNOTATION
-from ..kube import AlreadyExists, KubeClient, merge_diff
+from ..kube import AlreadyExists, KubeClient, KubeError, merge_diff
 from .children import Children
 
 
@@ -39,6 +39,8 @@ class ApplyResult:
     actions: list[Action] = field(default_factory=list)
     # Children whose name is taken by an object another controller owns: (kind, name, owner).
     conflicts: list[tuple[str, str, str]] = field(default_factory=list)
+    # Children the API server refused (400/422: schema, admission): (kind, name, its message).
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def canonical(manifest: dict[str, Any]) -> str:
@@ -119,7 +121,13 @@ def apply_children(
 ) -> ApplyResult:
     result = ApplyResult()
     for want in desired:
-        apply_one(client, owner, want, children, result)
+        try:
+            apply_one(client, owner, want, children, result)
+        except KubeError as exc:
+            if exc.status not in (400, 422):  # the same request may pass later: let it raise
+                raise
+            _, kind, name = want.key
+            result.rejected.append((kind, name, exc.message))
     return result
 
 

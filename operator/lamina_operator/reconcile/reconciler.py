@@ -106,8 +106,16 @@ class Reconciler:
                     retryable=True,
                 )
                 for kind, child, other in result.conflicts
+            ] + [
+                Problem(
+                    "Rejected",
+                    f"the API server rejected {kind} {child!r}: {message}: change the spec "
+                    "field it comes from",
+                    retryable=False,
+                )
+                for kind, child, message in result.rejected
             ]
-            if not result.conflicts:
+            if not result.conflicts and not result.rejected:
                 prune_children(self.client, owner, desired, children, result)
         elif spec is not None:  # blocked: report the pools as they are, touch nothing
             children = self._list_deployments(owner)
