@@ -97,6 +97,7 @@ class EngineServer:
                 await self.transport.close()
 
         app = FastAPI(title="Lamina engine", lifespan=lifespan)
+        self.metrics.instrument(app)
         install_error_handlers(app)
         app.get("/health")(self.health)
         app.get("/v1/models")(self.models)

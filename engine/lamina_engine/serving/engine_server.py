@@ -261,6 +261,7 @@ class AsyncEngine:
         if out.finished:
             self.metrics.requests.labels(role, out.finish_reason or "unknown").inc()
             self.metrics.finished(out)
+            self.metrics.finished(out)
             if m is not None and m.e2e is not None:
                 self.metrics.e2e.labels(role).observe(m.e2e)
         self._send(out.request_id, snapshot(out))
@@ -283,6 +284,7 @@ class AsyncEngine:
         self.metrics.decode_tokens.labels(role).inc(stats.decode_tokens - dec)
         self.metrics.expert_bytes.labels(role).inc(max(0, stats.expert_bytes_loaded - exp))
         self._marks = (stats.prefill_tokens, stats.decode_tokens, stats.expert_bytes_loaded)
+        self.metrics.observe_engine(self.engine)
         self.metrics.observe_engine(self.engine)
 
     def _ship_cohort_group(self) -> None:

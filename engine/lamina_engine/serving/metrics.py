@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from lamina_engine.serving.engine_metrics import EngineMetrics
+
 # Seconds: from sub-millisecond TBT on a GPU to minute-long CPU requests.
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -16,6 +18,9 @@ _LATENCY_BUCKETS = (
 
 # The exposed part of a KV transfer can be well under a millisecond on a GPU.
 _KV_BUCKETS = (0.0001, 0.00025, 0.0005) + _LATENCY_BUCKETS
+
+# Tokens per request: prompt and output lengths, 1 to 128k.
+_TOKEN_BUCKETS = tuple(float(2**i) for i in range(0, 18))
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -77,6 +82,11 @@ class ServerMetrics:
             "after its last layer group: computed to published (prefill), or arrived to the "
             "request decoding (decode).", ["role", "direction"], buckets=_KV_BUCKETS, registry=r,
         )  # fmt: skip
+        self.kv_group_bytes = Counter(
+            "lamina_kv_transfer_group_bytes_total", "KV bytes published, by layer-group index "
+            "(0 first; with SPEED the last group holds the upper layers' full-depth tokens).",
+            ["role", "group"], registry=r,
+        )  # fmt: skip
         self.kv_fallback = Counter(
             "lamina_kv_fallback_total", "Requests whose prompt was recomputed locally because "
             "its KV could not be used.", ["role", "reason"], registry=r,
@@ -89,6 +99,78 @@ class ServerMetrics:
             "lamina_router_backends_ready", "Ready backends by kind.", ["role", "kind"],
             registry=r,
         )  # fmt: skip
+        self.router_in_flight = Gauge(
+            "lamina_router_in_flight_requests", "Requests the router has open on backends, by "
+            "backend kind (its queue: a request waits on its backend).", ["role", "kind"],
+            registry=r,
+        )  # fmt: skip
+        self.http_requests = Counter(
+            "lamina_http_requests_total", "HTTP responses by route and status code.",
+            ["role", "route", "code"], registry=r,
+        )  # fmt: skip
+        self.prompt_len = Histogram(
+            "lamina_request_prompt_tokens", "Prompt length of finished requests.", lbl,
+            buckets=_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.output_len = Histogram(
+            "lamina_request_generation_tokens", "Output tokens of finished requests.", lbl,
+            buckets=_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.prefix_hits = Counter(
+            "lamina_prefix_cache_hit_tokens_total", "Prompt tokens of finished requests whose "
+            "KV came from the prefix cache (hit rate: over lamina_request_prompt_tokens_sum).",
+            lbl, registry=r,
+        )  # fmt: skip
+        self.engine = EngineMetrics(r, lbl)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def instrument(self, app) -> None:
+        """Count every HTTP response of `app` (a FastAPI app) by route and status code."""
+        app.add_middleware(_CountResponses, counter=self.http_requests, role=self.role)
+
+    def watch_router(self, pool) -> None:
+        """Report a router's open requests per backend kind (a BackendPool) at scrape time."""
+        for kind in ("prefill", "decode", "unified"):
+            self.router_in_flight.labels(self.role, kind).set_function(
+                lambda kind=kind: sum(p.in_flight for p in pool.pods.values() if p.role == kind)
+            )
+
+    def finished(self, out) -> None:
+        """A RequestOutput finished: its lengths and prefix-cache hits."""
+        prompt = len(out.prompt_token_ids)
+        self.prompt_len.labels(self.role).observe(prompt)
+        self.output_len.labels(self.role).observe(len(out.token_ids))
+        self.prefix_hits.labels(self.role).inc(out.num_cached_tokens)
+
+    def observe_engine(self, engine) -> None:
+        """Sample the Engine after a step (engine thread): see EngineMetrics."""
+        self.engine.observe(self.role, engine)
+
+
+class _CountResponses:
+    """ASGI middleware: count each response's status once its start is sent (a stream's
+    count lands when it ends). No start sent means the app raised: Starlette answers 500."""
+
+    def __init__(self, app, counter: Counter, role: str) -> None:
+        self.app, self.counter, self.role = app, counter, role
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_counted(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            # The matched route template keeps the label set small; unmatched paths are 404s.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.counter.labels(self.role, route, str(status)).inc()

@@ -48,6 +48,7 @@ class PrefillShipper:
             self.num_kv_heads, self.head_dim,
         )  # fmt: skip
         end = time.perf_counter()
+        self.metrics.kv_group_bytes.labels(self.metrics.role, str(group)).inc(nbytes)
         return nbytes, end - start, end
 
     async def run(

@@ -63,6 +63,7 @@ class RouterServer:
             config.backend_poll_seconds,
             config.load_decay_seconds,
         )
+        self.metrics.watch_router(self.pool)
         self.draining = False
         self.client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -78,6 +79,7 @@ class RouterServer:
             await self.client.aclose()
 
         app = FastAPI(title="Lamina router", lifespan=lifespan)
+        self.metrics.instrument(app)
         install_error_handlers(app)
         app.get("/health")(self.health)
         app.get("/v1/models")(self.models)
