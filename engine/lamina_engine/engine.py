@@ -1,9 +1,10 @@
 """Engine: the step loop shared by the offline LLM and the servers.
 
-    add_request() -> step(): schedule -> run -> postprocess -> outputs
+    add_request() -> step(): schedule -> run -> postprocess -> StepResult
 
 The scheduler decides which tokens run, the runner computes them, and postprocessing here turns
-sampled ids into text, applies the stop rules and records timing and counters.
+sampled ids into text, applies the stop rules and records timing and counters. A prefill pod
+plugs a KV export connector in (kv_export.py); the engine hands it each prompt's KV.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lamina_engine.core.scheduler import RequestRejectedError, Scheduler
 from lamina_engine.core.scheduler_config import SchedulerConfig
 from lamina_engine.core.speed_layout import prompt_layer_tokens
 from lamina_engine.detokenizer import IncrementalDetokenizer
+from lamina_engine.kv_export import KVExport, PromptKV
 from lamina_engine.models import CausalLM
 from lamina_engine.models.checkpoint import checkpoint_dtype
 from lamina_engine.outputs import EngineStats, RequestMetrics, RequestOutput, StepRecord
@@ -29,6 +31,7 @@ from lamina_engine.runner.step import kv_bytes_held
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.sequence import Sequence
 from lamina_engine.speed_config import resolve_speed
+from lamina_engine.step_result import LayerGroupRun, StepResult
 from lamina_engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -96,10 +99,7 @@ class Engine:
         self._requests: dict[str, _Request] = {}
         self._by_seq: dict[int, _Request] = {}
         self._expert_mark = (0, 0)
-        # Prefill role (serving/): called as hook(request_id, seq) when a request finishes
-        # normally, before its blocks are freed, so its prompt KV can be exported.
-        self.kv_export_hook = None
-        self.last_schedule: SchedulerOutput | None = None  # the step just run
+        self.kv_export: KVExport | None = None  # the prefill role's (connect_kv_export)
 
     # ---------------------------------------------------------------- admission
     def _blocks_from_memory(self, device: str, dtype: torch.dtype) -> int:
@@ -203,10 +203,7 @@ class Engine:
         seq = self.prefilled.activate(request_id, first_token)
         req = self._register(request_id, seq, None)
         req.output.metrics.first_scheduled_time = seq.arrival_time
-        gen = self.runner._generators.get(seq.seq_id)
-        if gen is not None and not req.params.is_greedy:
-            # The prefill pod's first draw consumed V uniforms of this seed: skip them too.
-            torch.empty(self.model.config.vocab_size, device=gen.device).uniform_(generator=gen)
+        self.runner.skip_sample(seq)  # the prefill pod drew `first_token` from this seed
         self._on_token(req, StepSample(int(first_token), 0.0, None), time.perf_counter())
         return req.output
 
@@ -214,41 +211,64 @@ class Engine:
         """Give back a reservation's blocks (any failure, or abort); unknown ids are fine."""
         self.prefilled.release(request_id)
 
-    def request_id_of(self, seq_id: int) -> str | None:
-        req = self._by_seq.get(seq_id)
-        return None if req is None else req.request_id
+    def connect_kv_export(self, connector: KVExport | None) -> None:
+        """Prefill role: hand every prompt's KV to `connector` (kv_export.py); None stops."""
+        self.kv_export = connector
 
     def abort(self, request_id: str) -> None:
         req = self._requests.get(request_id)
         if req is not None:
             self._finish(req, "abort")
         self.prefilled.release(request_id)  # a prompt whose KV was still loading
+        if self.kv_export is not None:
+            self.kv_export.forget(request_id)
 
     def has_unfinished(self) -> bool:
         return bool(self._requests)
 
     # ---------------------------------------------------------------- the step
-    def step(self) -> list[RequestOutput]:
-        """Run one scheduler step; returns the outputs that changed (new tokens or finished)."""
+    def step(self) -> StepResult:
+        """Run one scheduler step: the outputs that changed (new tokens or finished), what
+        ran, and the layered cohort's group just computed."""
         out = self.scheduler.schedule()
         if out.is_empty:
-            return []
+            return StepResult()
         now = time.perf_counter()
         for chunk in out.scheduled_chunks:
             m = self._by_seq[chunk.seq.seq_id].output.metrics
             if m.first_scheduled_time is None:
                 m.first_scheduled_time = now
         samples = self.runner.execute(out)
-        self.last_schedule = out  # serving/ ships a layered cohort's KV group by group
         self.scheduler.postprocess(out, {sid: s.token_id for sid, s in samples.items()})
         self._count(out, len(samples))
         now = time.perf_counter()
-        changed = []
+        result = StepResult(schedule=out)
         for seq_id, sample in samples.items():
             req = self._by_seq[seq_id]
             self._on_token(req, sample, now)
-            changed.append(req.output)
-        return changed
+            result.outputs.append(req.output)
+        result.layer_group = self._layer_group_run(out)
+        if self.kv_export is not None:
+            self.kv_export.on_step(result)
+        return result
+
+    def _prompt_kv(self, seq: Sequence) -> PromptKV:
+        return PromptKV(self.runner.kv_caches, seq, self.model.config.num_layers, self.speed)
+
+    def _layer_group_run(self, out: SchedulerOutput) -> LayerGroupRun | None:
+        """The cohort group just run and its members still running whose whole prompt it
+        computed (a prompt cut across cohorts has no whole layer group yet)."""
+        co = out.cohort
+        if co is None:
+            return None
+        prompts = {}
+        for chunk in co.chunks:
+            seq = chunk.seq
+            req = self._by_seq.get(seq.seq_id)
+            whole = chunk.start + chunk.num_tokens == seq.num_prompt_tokens
+            if req is not None and whole and not seq.is_finished:
+                prompts[req.request_id] = self._prompt_kv(seq)
+        return LayerGroupRun(co.group, co.num_groups, co.layer_start, co.layer_end, prompts)
 
     def _count(self, out: SchedulerOutput, num_sampled: int = 0) -> None:
         s = self.stats
@@ -334,8 +354,9 @@ class Engine:
         out.metrics.finished_time = time.perf_counter()
         if req.detok is not None:
             out.text = req.detok.final_text()
-        if self.kv_export_hook is not None and reason in ("stop", "length"):
-            self.kv_export_hook(req.request_id, req.seq)
+        if self.kv_export is not None and reason in ("stop", "length"):
+            first = req.seq.output_token_ids[0]
+            self.kv_export.on_finish(req.request_id, self._prompt_kv(req.seq), first)
         if not req.seq.is_finished:
             self.scheduler.finish(req.seq, reason)
         self.runner.remove_request(req.seq.seq_id)

@@ -13,7 +13,7 @@ import torch
 from lamina_engine.config import EngineConfig
 from lamina_engine.demo import demo_model_path
 from lamina_engine.engine import Engine, InvalidRequest
-from lamina_engine.runner.kv_io import gather_kv, split_layers
+from lamina_engine.kv_export import KVExport
 from lamina_engine.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
@@ -41,21 +41,14 @@ def prefill(src: Engine, ids: list[int], num_groups: int, rid: str = "src") -> S
     layers [0, K) split in `num_groups`, then with SPEED layers [K, L) of the full-depth
     prompt tokens' upper slots."""
     shipped: list[tuple[int, torch.Tensor]] = []
-    speed, num_layers = src.speed, src.model.config.num_layers
 
-    def export(_rid, seq) -> None:
-        caches, n = src.runner.kv_caches, seq.num_prompt_tokens
-        k = num_layers if speed is None else speed.prefill_layers
-        for start, end in split_layers(k, num_groups):
-            shipped.append((start, gather_kv(caches, seq.block_table, start, end, n)))
-        if speed is not None and speed.has_upper:
-            full = speed.num_upper(n, n)
-            shipped.append((k, gather_kv(caches, seq.upper_block_table, k, num_layers, full)))
+    def ship(_rid, _group, layer_start, kv, _first_token) -> None:
+        shipped.append((layer_start, kv))
 
-    src.kv_export_hook = export
+    src.connect_kv_export(KVExport(ship, num_groups))
     src.add_request(rid, ids, GREEDY)
     tokens = run(src)[rid]
-    src.kv_export_hook = None
+    src.connect_kv_export(None)
     return Shipped(tokens[0], shipped, tokens)
 
 
@@ -63,7 +56,7 @@ def run(engine: Engine) -> dict[str, list[int]]:
     """Step until idle; the output tokens of every request that finished meanwhile."""
     done = {}
     while engine.has_unfinished():
-        for out in engine.step():
+        for out in engine.step().outputs:
             if out.finished:
                 done[out.request_id] = out.token_ids
     return done
@@ -105,7 +98,7 @@ def test_groups_loaded_one_at_a_time_decode_like_a_local_prefill(ids, num_groups
     for start, kv in shipped.groups:
         dst.load_prefilled_group("r", start, kv)
         assert dst.prefilled.layers_loaded("r") == start + kv.shape[1]
-        assert dst.step() == []  # nothing runs: the reserved prompt is invisible to steps
+        assert dst.step().outputs == []  # nothing runs: the reserved prompt is invisible to steps
     out = dst.activate_prefilled("r", shipped.first_token)
     assert out.token_ids == [shipped.first_token] and not out.finished
     assert run(dst)["r"] == shipped.tokens
@@ -156,8 +149,8 @@ def test_another_request_decodes_correctly_while_groups_load(ids):
     for start, kv in shipped.groups:
         dst.load_prefilled_group("r", start, kv)
         for _ in range(2):
-            dst.step()
-            assert seq not in [c.seq for c in dst.last_schedule.scheduled_chunks]
+            schedule = dst.step().schedule
+            assert seq not in [c.seq for c in schedule.scheduled_chunks]
     dst.activate_prefilled("r", shipped.first_token)
     done = run(dst)
     assert done == {"other": want_other, "r": shipped.tokens}

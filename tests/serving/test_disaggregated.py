@@ -46,7 +46,7 @@ def test_layered_prefill_ships_each_group_as_computed(start, tiny_model, redis_s
     assert shipped.status_code == 200, shipped.text
     report = shipped.json()
     assert report["kv_groups"] == 4 and report["prompt_tokens"] == len(prompt)
-    assert prefill.server.async_engine.groups_shipped_early == 3
+    assert prefill.server.kv_export.groups_shipped_early == 3
     assert 0 <= report["exposed_seconds"] <= report["transfer_seconds"] + 0.05
     got = complete(decode.url, prompt, kv_transfer={"request_id": "layered-1"})
     assert got["token_ids"] == complete(unified.url, prompt)["token_ids"]

@@ -89,7 +89,7 @@ def test_speed_layered_prefill_ships_lower_groups_early(
     dec = start(role="decode", **SPEED, **common)
     report = prefill(pre.url, PROMPT, "speed-layered-1")
     assert report["kv_groups"] == 3 and report["prompt_tokens"] == len(PROMPT)
-    assert pre.server.async_engine.groups_shipped_early == 1
+    assert pre.server.kv_export.groups_shipped_early == 1
     assert report["kv_bytes"] == shipped_bytes(3, K * len(PROMPT) + (L - K) * 2)
     got = complete(dec.url, PROMPT, kv_transfer={"request_id": "speed-layered-1"})
     assert got == complete(speed_unified.url, PROMPT)

@@ -99,7 +99,7 @@ def replay(engine: Engine, requests: list[BenchRequest], clock: StepClock) -> Re
             engine.add_request(r.request_id, list(r.prompt_token_ids), params)
             i += 1
         before = engine.stats.steps
-        outs = engine.step()
+        outs = engine.step().outputs
         if engine.stats.steps == before:
             raise RuntimeError(
                 f"the engine scheduled nothing with {engine.scheduler.num_waiting} requests "

@@ -82,6 +82,15 @@ class ModelRunner:
         if token_ids:
             self._early_stop_ids[seq_id] = token_ids
 
+    def skip_sample(self, seq: Sequence) -> None:
+        """`seq`'s last token was sampled elsewhere (a prefill pod, same seed): draw one row
+        and drop it, so its generator stands where a local run's would (the sampler decides
+        how many draws a row takes)."""
+        generator = self._generators.get(seq.seq_id)
+        if generator is not None:
+            logits = torch.zeros(1, self.model.config.vocab_size, device=self.device)
+            self.sampler.sample(logits, [seq.params], [generator])
+
     def _ban_early_stops(self, logits: torch.Tensor, seqs) -> None:
         for row, seq in enumerate(seqs):
             banned = self._early_stop_ids.get(seq.seq_id)

@@ -25,6 +25,7 @@ from contextlib import aclosing, asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from lamina_engine.kv_export import KVExport
 from lamina_engine.serving import kv_shipping
 from lamina_engine.serving.config import ServeConfig
 from lamina_engine.serving.engine_server import AsyncEngine, RequestFailed
@@ -56,6 +57,7 @@ class EngineServer:
         self.async_engine: AsyncEngine | None = None
         self.transport = None
         self.shipper: PrefillShipper | None = None
+        self.kv_export: KVExport | None = None  # prefill role: plugged into the engine
         self.draining = False
         self.load_error: str | None = None
         # KV handles whose prefill failed (router's notice) -> monotonic time; waiters' events
@@ -72,13 +74,15 @@ class EngineServer:
             engine = await asyncio.to_thread(self.engine_factory)
             if self.config.role in ("prefill", "decode"):
                 self.transport = kv_shipping.make_transport(self.config, self.local_store)
-            ae = AsyncEngine(engine, self.metrics, self.config.max_layer_groups)
+            ae = AsyncEngine(engine, self.metrics)
             if self.config.role == "prefill":
                 mc = engine.model.config
                 self.shipper = PrefillShipper(
                     self.transport, self.metrics, mc.num_kv_heads, mc.head_dim
                 )
-            ae.start(ship=self.shipper.ship if self.shipper else None)
+                self.kv_export = KVExport(self.shipper.ship, self.config.max_layer_groups)
+                engine.connect_kv_export(self.kv_export)
+            ae.start()
             self.async_engine = ae
         except Exception as exc:  # reported by /health; the pod's probe fails and restarts it
             log.exception("engine failed to load")

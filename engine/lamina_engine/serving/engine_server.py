@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 from lamina_engine.engine import Engine, InvalidRequest
 from lamina_engine.outputs import RequestOutput
-from lamina_engine.runner import kv_io
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.serving.engine_commands import (
     Abort,
@@ -69,7 +68,7 @@ def snapshot(out: RequestOutput) -> RequestOutput:
 
 
 class AsyncEngine:
-    def __init__(self, engine: Engine, metrics: ServerMetrics, kv_groups: int = 1) -> None:
+    def __init__(self, engine: Engine, metrics: ServerMetrics) -> None:
         self.engine = engine
         self.metrics = metrics
         self.role = metrics.role
@@ -78,27 +77,12 @@ class AsyncEngine:
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        # With SPEED the prompt has KV for every position only below K: the groups split
-        # [0, K), and the upper layers' KV of the full-depth prompt tokens ships last, alone.
-        speed = getattr(engine, "speed", None)
-        num_layers = engine.model.config.num_layers
-        self.lower_layers = num_layers if speed is None else speed.prefill_layers
-        self.kv_layer_groups = kv_io.split_layers(self.lower_layers, kv_groups)
-        # prefill role: ship(request_id, group_index, layer_start, kv, first_token), called on
-        # the engine thread as soon as a layer group's KV [2, L, T, Hkv*D] (CPU) is computed;
-        # the last group carries the first token
-        self.ship = None
-        self._shipped: dict[str, tuple[int, int]] = {}  # request id -> (groups, layers) sent
-        self.groups_shipped_early = 0  # groups shipped while a later group still computed
         self.fallbacks: dict[str, int] = {}
         self.kv_loads = KVLoads(engine, metrics, self._post)  # decode role: KV as it arrives
         self._marks = (0, 0, 0)  # prefill tokens, decode tokens, expert bytes already counted
         self._thread = threading.Thread(target=self._run, name="lamina-engine", daemon=True)
 
-    def start(self, ship=None) -> None:
-        if ship is not None:
-            self.ship = ship
-            self.engine.kv_export_hook = self._ship_rest
+    def start(self) -> None:
         self._thread.start()
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
@@ -176,18 +160,15 @@ class AsyncEngine:
                 self._wake.clear()
             self._apply_commands()
             if self.engine.has_unfinished():
-                steps = self.engine.stats.steps
                 try:
-                    outs = self.engine.step()
+                    result = self.engine.step()
                 except Exception as exc:  # a bug or device error: fail what is in flight
                     log.exception("engine step failed")
                     self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
                     continue
-                if self.ship is not None:
-                    self._ship_cohort_group()
-                for out in outs:
+                for out in result.outputs:
                     self._publish(out)
-                if self.engine.stats.steps == steps:  # nothing could run (e.g. no free blocks)
+                if not result.ran:  # nothing could run (e.g. no free blocks)
                     self._wake.wait(0.005)
                     self._wake.clear()
             self._update_gauges()
@@ -201,7 +182,6 @@ class AsyncEngine:
             if isinstance(cmd, Abort):
                 self.engine.abort(cmd.request_id)
                 self.kv_loads.forget(cmd.request_id)
-                self._shipped.pop(cmd.request_id, None)
                 continue
             if isinstance(cmd, Add | KvReserve):
                 with self._lock:
@@ -286,48 +266,6 @@ class AsyncEngine:
         self._marks = (stats.prefill_tokens, stats.decode_tokens, stats.expert_bytes_loaded)
         self.metrics.observe_engine(self.engine)
         self.metrics.observe_engine(self.engine)
-
-    def _ship_cohort_group(self) -> None:
-        """Layered prefill: a cohort group just wrote its layers' KV for its members; ship it
-        now, while the next group computes (the last group goes with the first token)."""
-        out = self.engine.last_schedule
-        cohort = out.cohort if out is not None else None
-        if cohort is None or cohort.is_last:
-            return
-        caches = self.engine.runner.kv_caches
-        for chunk in cohort.chunks:
-            seq, n = chunk.seq, chunk.seq.num_prompt_tokens
-            # a prompt cut across cohorts has no whole layer group yet: it ships at the end
-            if seq.is_finished or chunk.start + chunk.num_tokens != n:
-                continue
-            rid = self.engine.request_id_of(seq.seq_id)
-            sent, covered = self._shipped.get(rid, (0, 0))
-            if rid is None or covered != cohort.layer_start:
-                continue
-            kv = kv_io.gather_kv(caches, seq.block_table, cohort.layer_start, cohort.layer_end, n)
-            self.ship(rid, sent, cohort.layer_start, kv.cpu(), None)
-            self._shipped[rid] = (sent + 1, cohort.layer_end)
-            self.groups_shipped_early += 1
-
-    def _ship_rest(self, request_id: str, seq) -> None:
-        """Engine hook at a prefill request's finish, before its blocks are freed: ship the
-        layers not shipped yet, the last group with the first token. With SPEED the last
-        object is layers [K, L) of the F full-depth prompt tokens: upper slots [0, F), compact
-        (core/speed_layout.py), so [2, L - K, F, Hkv*D] rather than all T positions."""
-        sent, covered = self._shipped.pop(request_id, (0, 0))
-        groups = self.kv_layer_groups if covered == 0 else [(covered, self.lower_layers)]
-        caches, n = self.engine.runner.kv_caches, seq.num_prompt_tokens
-        # (block table, layer start, layer end, tokens) of each object still to ship
-        parts = [(seq.block_table, start, end, n) for start, end in groups]
-        speed = getattr(self.engine, "speed", None)
-        num_layers = self.engine.model.config.num_layers
-        if speed is not None and speed.has_upper:
-            full = speed.num_upper(n, n)
-            parts.append((seq.upper_block_table, speed.prefill_layers, num_layers, full))
-        first = seq.output_token_ids[0]
-        for i, (table, start, end, tokens) in enumerate(parts):
-            kv = kv_io.gather_kv(caches, table, start, end, tokens).cpu()
-            self.ship(request_id, sent + i, start, kv, first if i == len(parts) - 1 else None)
 
     def load(self) -> dict:
         """What the router reads to pick a decode pod (cheap; read without the engine lock)."""
