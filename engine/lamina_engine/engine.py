@@ -26,8 +26,8 @@ from lamina_engine.models import CausalLM
 from lamina_engine.models.checkpoint import checkpoint_dtype
 from lamina_engine.outputs import EngineStats, RequestMetrics, RequestOutput, StepRecord
 from lamina_engine.prefilled import PrefilledRequests
-from lamina_engine.runner.model_runner import ModelRunner, StepSample, kv_bytes_per_block
-from lamina_engine.runner.step import kv_bytes_held
+from lamina_engine.runner.kv_cache import kv_bytes_held, kv_bytes_per_block
+from lamina_engine.runner.model_runner import ModelRunner, StepSample
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.sequence import Sequence
 from lamina_engine.speed_config import resolve_speed

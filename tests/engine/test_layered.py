@@ -52,8 +52,10 @@ def test_groups_follow_numpy_array_split_and_the_bucket_rule():
         for g in range(1, layers + 1):
             want = [(int(a[0]), int(a[-1]) + 1) for a in np.array_split(np.arange(layers), g)]
             assert split_layers(layers, g) == want
-    with pytest.raises(ValueError, match="cannot split 3 layers into 4"):
-        split_layers(3, 4)
+    # more groups than layers: one layer each (KV shipping asks for that on small models)
+    assert split_layers(3, 4) == [(0, 1), (1, 2), (2, 3)]
+    with pytest.raises(ValueError, match="cannot split 3 layers into 0 groups"):
+        split_layers(3, 0)
     # u = 512: T <= 512, 1024, 2048, 4096 -> 1, 2, 4, 8, else Gmax; capped by Gmax and L
     got = [choose_num_groups(t, 512, 16, 48) for t in (1, 512, 513, 1024, 2048, 4096, 4097)]
     assert got == [1, 1, 2, 2, 4, 8, 16]

@@ -45,10 +45,13 @@ def choose_num_groups(
 
 
 def split_layers(num_layers: int, num_groups: int) -> list[tuple[int, int]]:
-    """`numpy.array_split(range(num_layers), num_groups)` as [start, end) ranges: the first
-    num_layers % num_groups groups get one layer more."""
-    if not 1 <= num_groups <= num_layers:
-        raise ValueError(f"cannot split {num_layers} layers into {num_groups} non-empty groups")
+    """`numpy.array_split(range(num_layers), G)` as [start, end) ranges, G = min(num_groups,
+    num_layers) so no group is empty: the first num_layers % G groups get one layer more.
+
+    The layered policy's cohort groups and a prefill pod's KV shipping groups both use it."""
+    if num_layers < 1 or num_groups < 1:
+        raise ValueError(f"cannot split {num_layers} layers into {num_groups} groups (need >= 1)")
+    num_groups = min(num_groups, num_layers)
     size, extra = divmod(num_layers, num_groups)
     ranges, start = [], 0
     for g in range(num_groups):

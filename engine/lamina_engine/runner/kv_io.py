@@ -77,15 +77,3 @@ def scatter_kv(
     src = kv.to(cache0.device)
     for i in range(num_layers):
         _flat(kv_caches[layer_start + i]).index_copy_(1, slots, src[:, i])
-
-
-def split_layers(num_layers: int, num_groups: int) -> list[tuple[int, int]]:
-    """[start, end) of each of `num_groups` near-equal layer groups (numpy.array_split's rule)."""
-    g = max(1, min(num_groups, num_layers))
-    base, extra = divmod(num_layers, g)
-    bounds, start = [], 0
-    for i in range(g):
-        end = start + base + (1 if i < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
