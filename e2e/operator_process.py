@@ -11,7 +11,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from control_plane import free_port, write_kubeconfig
@@ -66,6 +66,8 @@ class OperatorProcess:
     kubeconfig: Path
     namespaces: list[str]
     log_path: Path
+    all_namespaces: bool = False
+    extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     health_port: int = 0
 
@@ -76,8 +78,11 @@ class OperatorProcess:
     def start(self) -> None:
         self.health_port = free_port()
         argv = [operator_executable(), "run"]
+        if self.all_namespaces:
+            argv.append("--all-namespaces")
         for ns in self.namespaces:
             argv.append(f"--namespace={ns}")
+        argv += self.extra_args
         # The same flag the chart's Deployment passes (its liveness probe reads GET /healthz).
         argv.append(f"--liveness-port={self.health_port}")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}

@@ -2,7 +2,7 @@
 
     lamina-operator run [--namespace NS ... | --all-namespaces] [--liveness-port 8080]
                         [--metrics-port 9090]
-                        [--peering lamina-operator | --standalone] [--priority N] [--verbose]
+                        [--peering NAME | --standalone] [--priority N] [--verbose]
     lamina-operator crds [--output DIR] [--check]
 
 `run` uses in-cluster credentials inside a pod, else the current kubeconfig context.
@@ -38,9 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     peering = run.add_mutually_exclusive_group()
     peering.add_argument(
-        "--peering", default=PEERING_NAME, metavar="NAME",
-        help="kopf peering object used for leader election (default lamina-operator); it must "
-        "exist: a ClusterKopfPeering with --all-namespaces, else a KopfPeering per namespace",
+        "--peering", metavar="NAME",
+        help="leader election through this kopf peering object, which must exist (a "
+        "ClusterKopfPeering with --all-namespaces, else a KopfPeering per namespace); nothing "
+        f"is reconciled until it does. Without this flag: {PEERING_NAME!r} if it exists, "
+        "else standalone with a warning",
     )  # fmt: skip
     peering.add_argument(
         "--standalone", action="store_true", help="no leader election (one replica only)"
@@ -104,8 +106,11 @@ def _run(args: argparse.Namespace) -> int:
         clusterwide=args.all_namespaces,
         namespaces=args.namespace,
         standalone=args.standalone,
-        peering_name=None if args.standalone else args.peering,
+        # Without --peering, kopf starts with peering optional; the startup handler makes it
+        # mandatory if the object exists, else standalone (handlers/peering.py).
+        peering_name=args.peering,
         priority=args.priority,
+        memo=kopf.Memo(namespaces=args.namespace),
         liveness_endpoint=(
             f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
         ),

@@ -8,6 +8,8 @@ from typing import Any
 import kopf
 
 from .constants import GROUP, MANAGED_BY, POLICY_PLURAL, SERVING_PLURAL, VERSION
+from .handlers.errors import kube_errors
+from .handlers.peering import settle_peering
 from .handlers.policy import on_policy
 from .handlers.serving import KopfRecorder, on_child_event, reconcile_serving
 from .kube import KubeError
@@ -20,13 +22,24 @@ _OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     configure(settings)
     try:
         load_config()
     except KubeError as exc:  # nothing to retry: without credentials the operator cannot run
         raise kopf.PermanentError(str(exc)) from exc
-    memo.reconciler = Reconciler(RestKubeClient(), KopfRecorder())
+    client = RestKubeClient()
+    with kube_errors("checking the peering object"):
+        # kopf.run made peering mandatory iff a name was given (`--peering`); the namespaces
+        # come from `lamina-operator run` through the memo.
+        settle_peering(
+            settings,
+            explicit=settings.peering.mandatory,
+            namespaces=memo.get("namespaces", []),
+            exists=client.peering_exists,
+            logger=logger,
+        )
+    memo.reconciler = Reconciler(client, KopfRecorder())
 
 
 @kopf.on.resume(GROUP, VERSION, SERVING_PLURAL, id="reconcile")

@@ -37,7 +37,9 @@ class _Api(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         self.requests.append((self.command, self.path, self.headers.get("Content-Type"), body))
-        if "missing" in self.path or self.path == "/apis/policy/v1":
+        if self.path.endswith("/kopfpeerings/secret"):
+            self._reply(403, {"kind": "Status", "message": "forbidden", "code": 403})
+        elif "missing" in self.path or self.path == "/apis/policy/v1":
             self._reply(404, {"kind": "Status", "message": "not found", "code": 404})
         elif self.command == "POST" and "taken" in json.dumps(body):
             self._reply(409, {"kind": "Status", "message": 'services "taken" already exists'})
@@ -128,3 +130,15 @@ def test_a_silent_api_server_times_out_as_a_kube_error():
         listener.close()
     assert info.value.status == 0 and "no answer from the API server" in info.value.message
     assert 0.3 <= elapsed < 0.3 * (1 + RETRIES) + 1.0, elapsed
+
+
+def test_peering_lookup(rest):
+    assert rest.peering_exists(None, "lamina-operator") is True
+    assert rest.peering_exists("ns", "missing") is False
+    assert rest.peering_exists("ns", "secret") is None  # not allowed to look
+    paths = [p for _, p, _, _ in _Api.requests]
+    assert paths == [
+        "/apis/kopf.dev/v1/clusterkopfpeerings/lamina-operator",
+        "/apis/kopf.dev/v1/namespaces/ns/kopfpeerings/missing",
+        "/apis/kopf.dev/v1/namespaces/ns/kopfpeerings/secret",
+    ]

@@ -147,6 +147,25 @@ class RestKubeClient:
         except NotFound:
             pass
 
+    def peering_exists(self, namespace: str | None, name: str) -> bool | None:
+        """Whether kopf's peering object exists (ClusterKopfPeering when namespace is None);
+        None when the operator may not read it. A missing CRD reads as a missing object."""
+        base = "/apis/kopf.dev/v1"
+        path = (
+            f"{base}/clusterkopfpeerings/{name}"
+            if namespace is None
+            else f"{base}/namespaces/{namespace}/kopfpeerings/{name}"
+        )
+        try:
+            self._call("GET", path)
+            return True
+        except NotFound:
+            return False
+        except KubeError as exc:
+            if exc.status in (401, 403):
+                return None
+            raise
+
     def serves(self, api_version: str) -> bool:
         if api_version not in self._served:
             try:
