@@ -26,9 +26,14 @@ def _load(kernel: str) -> dict:
         return json.load(f)
 
 
+@functools.cache
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
     return "interpreter"
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lamina_engine.kernels.decode_attention import decode_attention
-from lamina_engine.models.attention import AttentionMetadata, AttentionPlan, paged_attention
+from lamina_engine.models.attention import AttentionMetadata, paged_attention
 
 from .conftest import TOLERANCE
 
@@ -30,7 +30,7 @@ def _check(device, dtype, heads, kv_heads, hd, block_size, contexts, seed=0):
     tables = _tables(contexts, block_size, num_blocks, gen)
     md = AttentionMetadata.build([c - 1 for c in contexts], [1] * len(contexts), tables, block_size)
     cache, q = cache.to(dtype), q.to(dtype)
-    ref = paged_attention(q.float(), cache.float(), AttentionPlan.from_metadata(md))
+    ref = paged_attention(q.float(), cache.float(), md.plan)
     out = decode_attention(
         q.to(device), cache.to(device), md.block_tables.to(device), md.context_lens.to(device),
         max(contexts),
