@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 from kube import Kubectl, condition, load_yaml_docs, wait_for
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 from operator_process import wait_until_acting
 from setup_cluster import WORK_NAMESPACE
+
+from lamina_operator.kube.rest import RestKubeClient
+from lamina_operator.reconcile import ListRecorder, Reconciler
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "minimal"
@@ -145,6 +150,23 @@ def test_status_reports_conditions_pools_and_endpoint(admin, minimal):
         header
     )
     assert status["endpoint"] in table
+
+
+def test_a_pass_with_nothing_to_do_costs_five_lists(admin, minimal, operator_kubeconfig):
+    """The reconcile pass, in this process, under the operator's identity, on the converged
+    object: one list per child kind, no other read, no write (tests/operator/test_api_cost.py
+    has the breakdown)."""
+    wait_for("status.pools", lambda: (o := observed(admin)) and o["status"].get("pools"))
+    config = k8s.Configuration()
+    k8s_config.load_kube_config(str(operator_kubeconfig), client_configuration=config)
+    client = RestKubeClient(config)
+    reconciler = Reconciler(client, ListRecorder())
+    outcome = reconciler.reconcile(admin.get(SD, NAME))
+    assert outcome.problems == [] and outcome.actions == []
+    assert client.calls == 6, client.calls  # 5 lists + asking once whether policy/v1 is served
+    client.calls = 0
+    assert reconciler.reconcile(admin.get(SD, NAME)).actions == []
+    assert client.calls == 5, client.calls
 
 
 def test_events_say_what_the_operator_did(admin, minimal):

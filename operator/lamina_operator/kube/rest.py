@@ -69,6 +69,7 @@ class RestKubeClient:
         self.api = k8s.ApiClient(config)
         self.timeout = timeout
         self._served: dict[str, bool] = {}
+        self.calls = 0  # requests sent, reads included (what the operator costs the server)
 
     def _call(
         self,
@@ -79,6 +80,7 @@ class RestKubeClient:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         headers = {"Accept": "application/json", "Content-Type": content_type}
+        self.calls += 1
         try:
             method, url, headers, body, post = self.api.param_serialize(
                 method,
