@@ -43,7 +43,7 @@ def _free_port() -> int:
 def decode_pod(log_path: str, serve_args: list[str]) -> int:
     """`lamina serve` with the two timestamps this benchmark needs, as JSON lines."""
     from lamina_engine.cli import main
-    from lamina_engine.serving.engine_server import AsyncEngine
+    from lamina_engine.serving.async_engine import AsyncEngine
     from lamina_engine.transfer.redis_backend import RedisKVTransport
 
     log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process

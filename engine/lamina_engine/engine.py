@@ -21,11 +21,12 @@ from lamina_engine.core.scheduler import RequestRejectedError, Scheduler
 from lamina_engine.core.scheduler_config import SchedulerConfig
 from lamina_engine.core.speed_layout import prompt_layer_tokens
 from lamina_engine.detokenizer import IncrementalDetokenizer
+from lamina_engine.engine_stats import EngineStats, StepRecord
 from lamina_engine.kv_export import KVExport, PromptKV
+from lamina_engine.kv_import import KVImport
 from lamina_engine.models import CausalLM
 from lamina_engine.models.checkpoint import checkpoint_dtype
-from lamina_engine.outputs import EngineStats, RequestMetrics, RequestOutput, StepRecord
-from lamina_engine.prefilled import PrefilledRequests
+from lamina_engine.request_output import RequestMetrics, RequestOutput
 from lamina_engine.runner.kv_cache import kv_bytes_held, kv_bytes_per_block
 from lamina_engine.runner.model_runner import ModelRunner, StepSample
 from lamina_engine.sampling_params import SamplingParams
@@ -90,7 +91,7 @@ class Engine:
         self.runner = ModelRunner(
             self.model, num_blocks, config.block_size, seed=config.seed, speed=self.speed
         )
-        self.prefilled = PrefilledRequests(self.scheduler, self.runner.kv_caches, mc, self.speed)
+        self.kv_import = KVImport(self.scheduler, self.runner.kv_caches, mc, self.speed)
         self.num_blocks = num_blocks
         self.eos_token_ids: frozenset[int] = frozenset(
             self.tokenizer.eos_token_ids if self.tokenizer else mc.eos_token_ids
@@ -131,7 +132,7 @@ class Engine:
         return self._register(request_id, seq, text).output
 
     def _check_new(self, request_id: str) -> None:
-        if request_id in self._requests or request_id in self.prefilled:
+        if request_id in self._requests or request_id in self.kv_import:
             raise InvalidRequest(f"request id {request_id!r} is already in flight")
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
@@ -177,7 +178,7 @@ class Engine:
             self.runner.ban_until_min_tokens(seq.seq_id, banned)
         return req
 
-    # ------------------------------------------- prompts computed elsewhere (prefilled.py)
+    # ------------------------------------------- prompts computed elsewhere (kv_import.py)
     def reserve_prefilled(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams
     ) -> bool:
@@ -189,18 +190,18 @@ class Engine:
         self._check_new(request_id)
         ids = self._prompt_ids(list(prompt_ids))
         try:
-            return self.prefilled.reserve(request_id, ids, params)
+            return self.kv_import.reserve(request_id, ids, params)
         except RequestRejectedError as exc:
             raise InvalidRequest(str(exc)) from exc
 
     def load_prefilled_group(self, request_id: str, layer_start: int, kv: torch.Tensor) -> None:
         """Scatter one layer group [2, Lg, T, Hkv*D]; ValueError when it does not fit."""
-        self.prefilled.load_group(request_id, layer_start, kv)
+        self.kv_import.load_group(request_id, layer_start, kv)
 
     def activate_prefilled(self, request_id: str, first_token: int) -> RequestOutput:
         """Every layer is loaded: the request continues as a decode from `first_token`, the
         token the prefill sampled. ValueError (reservation kept) when layers are missing."""
-        seq = self.prefilled.activate(request_id, first_token)
+        seq = self.kv_import.activate(request_id, first_token)
         req = self._register(request_id, seq, None)
         req.output.metrics.first_scheduled_time = seq.arrival_time
         self.runner.skip_sample(seq)  # the prefill pod drew `first_token` from this seed
@@ -209,7 +210,7 @@ class Engine:
 
     def release_prefilled(self, request_id: str) -> None:
         """Give back a reservation's blocks (any failure, or abort); unknown ids are fine."""
-        self.prefilled.release(request_id)
+        self.kv_import.release(request_id)
 
     def connect_kv_export(self, connector: KVExport | None) -> None:
         """Prefill role: hand every prompt's KV to `connector` (kv_export.py); None stops."""
@@ -219,7 +220,7 @@ class Engine:
         req = self._requests.get(request_id)
         if req is not None:
             self._finish(req, "abort")
-        self.prefilled.release(request_id)  # a prompt whose KV was still loading
+        self.kv_import.release(request_id)  # a prompt whose KV was still loading
         if self.kv_export is not None:
             self.kv_export.forget(request_id)
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from lamina_engine.config import EngineConfig
 from lamina_engine.engine import Engine, InvalidRequest
-from lamina_engine.outputs import EngineStats, RequestOutput
+from lamina_engine.engine_stats import EngineStats
+from lamina_engine.request_output import RequestOutput
 from lamina_engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)

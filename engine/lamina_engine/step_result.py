@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from lamina_engine.core.output import SchedulerOutput
 from lamina_engine.kv_export import PromptKV
-from lamina_engine.outputs import RequestOutput
+from lamina_engine.request_output import RequestOutput
 
 
 @dataclass

@@ -178,8 +178,8 @@ def test_bench_engine_writes_json_and_pngs(tiny_model, tmp_path, capsys):
 
 def test_cost_model_is_a_roofline_over_counted_work(tiny_model):
     from lamina_engine.bench.cost_model import CostModel
+    from lamina_engine.engine_stats import StepRecord
     from lamina_engine.models.checkpoint import read_config
-    from lamina_engine.outputs import StepRecord
 
     cm = CostModel(read_config(tiny_model), "h100", model_itemsize=4)
 

@@ -85,7 +85,7 @@ class Pods:
 
     def layers_loaded(self) -> int | None:
         """Layers loaded of the one request whose KV is coming in, or None."""
-        prefilled = self.ae.engine.prefilled
+        prefilled = self.ae.engine.kv_import
         try:
             return prefilled.layers_loaded(next(iter(list(prefilled))))
         except (StopIteration, ValueError):  # none, or activated meanwhile

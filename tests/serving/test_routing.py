@@ -12,7 +12,7 @@ from lamina_engine.core.block_manager import block_hashes
 from lamina_engine.core.layered import split_layers
 from lamina_engine.serving.backends import resolve
 from lamina_engine.serving.config import add_serve_args, config_from
-from lamina_engine.serving.routing import (
+from lamina_engine.serving.pod_pickers import (
     BackendState,
     DecayingLoad,
     DecodePicker,

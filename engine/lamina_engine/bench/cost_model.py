@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lamina_engine.engine_stats import StepRecord
 from lamina_engine.models.config import ModelConfig
-from lamina_engine.outputs import StepRecord
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from lamina_engine.bench.metrics import RequestTiming
 from lamina_engine.bench.workloads import BenchRequest
 from lamina_engine.engine import Engine
-from lamina_engine.outputs import StepRecord
+from lamina_engine.engine_stats import StepRecord
 from lamina_engine.sampling_params import SamplingParams
 
 StepClock = Callable[[StepRecord], float]  # step record -> simulated seconds it took

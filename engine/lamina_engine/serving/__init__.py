@@ -1,15 +1,18 @@
 """Serving: OpenAI-compatible HTTP servers for the engine roles and the router (docs/design.md §3.6, §4).
 
-config.py         ServeConfig from `lamina serve` flags and LAMINA_* variables
-protocol.py       OpenAI request bodies, errors, SamplingParams from a request
-responses.py      OpenAI response bodies and SSE chunks
-engine_server.py  AsyncEngine: the engine loop on a thread, asyncio token streams
-app.py            EngineServer: the FastAPI app of a unified, prefill or decode pod
-kv_shipping.py    prompt KV from prefill to decode over a KVTransport
-routing.py        prefill/decode pickers, FLOPs estimate, decaying load
-backends.py       the router's pod discovery and health polling
-router.py         RouterServer: the front door
-metrics.py        Prometheus metrics (lamina_*)
-cli.py            `lamina serve`: build a role's server, run it under uvicorn, drain on SIGTERM
-commands.py       argparse registration of `serve` and `up`
+config.py           ServeConfig from `lamina serve` flags and LAMINA_* variables
+protocol.py         OpenAI request bodies, errors, SamplingParams from a request
+responses.py        OpenAI response bodies and SSE chunks
+engine_commands.py  typed commands from the asyncio handlers to the engine thread
+async_engine.py     AsyncEngine: the engine loop on a thread, asyncio token streams
+engine_server.py    EngineServer: the FastAPI app of a unified, prefill or decode pod
+prefill_shipper.py  prefill side: run a prompt, put its KV groups as they are computed
+kv_loading.py       decode side: load each received KV group as it arrives, or recompute
+kv_shipping.py      prompt KV from prefill to decode over a KVTransport (both sides)
+pod_pickers.py      which prefill and decode pod serve a request: FLOPs, decaying load
+backends.py         the router's pod discovery and health polling
+router_server.py    RouterServer: the front door (HTTP app)
+metrics.py          Prometheus metrics (lamina_*); engine_metrics.py those read from the Engine
+cli.py              `lamina serve`: build a role's server, run it under uvicorn, drain on SIGTERM
+commands.py         argparse registration of `serve` and `up`
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from lamina_engine.serving.routing import BackendState
+from lamina_engine.serving.pod_pickers import BackendState
 
 log = logging.getLogger(__name__)
 

@@ -59,11 +59,11 @@ def engine_config(config: ServeConfig):
 def build_server(config: ServeConfig, local_store=None):
     """The server object of `config.role` (it has `.app` and `.draining`)."""
     if config.role == "router":
-        from lamina_engine.serving.router import RouterServer
+        from lamina_engine.serving.router_server import RouterServer
 
         return RouterServer(config)
     from lamina_engine.engine import Engine
-    from lamina_engine.serving.app import EngineServer
+    from lamina_engine.serving.engine_server import EngineServer
 
     cfg = engine_config(config)
     return EngineServer(config, lambda: Engine(cfg), local_store=local_store)

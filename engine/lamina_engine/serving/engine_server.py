@@ -1,16 +1,16 @@
-"""AsyncEngine: the Engine's step loop on a background thread, token streams on asyncio.
+"""The HTTP server of an engine pod (`--role unified|prefill|decode`), FastAPI.
 
-    handler (event loop)                  engine thread
-    generate() ------- Add ------> commands --> engine.add_request
-    generate(kv=groups) -- Kv* -->            KVLoads (serving/kv_loading.py): reserve, load
-                                              each group as it arrives, activate or recompute
-    async for out in stream  <-- snapshot --  engine.step() outputs (call_soon_threadsafe)
-    stream closed early ----- Abort ------->  engine.abort (a KV reservation too)
-
-The commands are the dataclasses of serving/engine_commands.py, dispatched by type.
-
-Only the engine thread touches the Engine (its KV cache, scheduler and runner are not
-thread-safe). Handlers get copies of each RequestOutput, taken when it changed.
+    GET  /health                   200 ready; 503 while loading or draining (kubelet probes)
+    GET  /v1/models                the served model
+    POST /v1/completions           OpenAI; SSE when stream=true
+    POST /v1/chat/completions      OpenAI; SSE when stream=true
+    POST /v1/internal/prefill      prefill role: compute the prompt, ship its KV, return
+    GET  /v1/internal/load         what the router picks by (KV utilisation, batch, role)
+    POST /drain                    stop taking new requests; in-flight ones finish
+    GET  /metrics                  Prometheus
+A decode pod given `kv_transfer` loads that prompt's KV group by group as it arrives (bounded
+by one deadline; serving/kv_loading.py) and decodes from it; on any failure it recomputes the
+prompt (lamina_kv_fallback_total).
 """
 
 from __future__ import annotations
@@ -18,261 +18,271 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import queue
-import threading
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+import time
+import uuid
+from contextlib import aclosing, asynccontextmanager
 
-from lamina_engine.engine import Engine, InvalidRequest
-from lamina_engine.outputs import RequestOutput
-from lamina_engine.sampling_params import SamplingParams
-from lamina_engine.serving.engine_commands import (
-    Abort,
-    Add,
-    EngineCommand,
-    KvDone,
-    KvFailed,
-    KvGroup,
-    KvReserve,
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from lamina_engine.kv_export import KVExport
+from lamina_engine.serving import kv_shipping
+from lamina_engine.serving.async_engine import AsyncEngine, RequestFailed
+from lamina_engine.serving.config import ServeConfig
+from lamina_engine.serving.errors import install_error_handlers
+from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
+from lamina_engine.serving.prefill_shipper import PrefillShipper
+from lamina_engine.serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIError,
+    error_body,
+    prompt_ids,
+    sampling_params,
 )
-from lamina_engine.serving.kv_loading import KVLoads, Recompute
-from lamina_engine.serving.kv_shipping import KVGroup
-from lamina_engine.serving.metrics import ServerMetrics
+from lamina_engine.serving.responses import SSE_DONE, ResponseBuilder
+from lamina_engine.transfer import KVTransferError
 
 log = logging.getLogger(__name__)
 
 
-class RequestFailed(RuntimeError):
-    """The engine could not serve a request (`invalid`: the client's fault, a 400)."""
+class EngineServer:
+    """One engine pod. `engine_factory()` builds the Engine (slow: run off the event loop)."""
 
-    def __init__(self, message: str, invalid: bool = False) -> None:
-        super().__init__(message)
-        self.invalid = invalid
-
-
-@dataclass
-class _Stream:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    last_tokens: int = 0  # output tokens seen, to time TBT per new token
-
-
-def snapshot(out: RequestOutput) -> RequestOutput:
-    """A copy the engine thread will not mutate further."""
-    return dataclasses.replace(
-        out,
-        token_ids=list(out.token_ids),
-        logprobs=None if out.logprobs is None else list(out.logprobs),
-        top_logprobs=None if out.top_logprobs is None else list(out.top_logprobs),
-    )
-
-
-class AsyncEngine:
-    def __init__(self, engine: Engine, metrics: ServerMetrics) -> None:
-        self.engine = engine
-        self.metrics = metrics
-        self.role = metrics.role
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake = threading.Event()
-        self._streams: dict[str, _Stream] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.fallbacks: dict[str, int] = {}
-        self.kv_loads = KVLoads(engine, metrics, self._post)  # decode role: KV as it arrives
-        self._marks = (0, 0, 0)  # prefill tokens, decode tokens, expert bytes already counted
-        self._thread = threading.Thread(target=self._run, name="lamina-engine", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def shutdown(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+    def __init__(self, config: ServeConfig, engine_factory, local_store=None) -> None:
+        self.config = config
+        self.metrics = ServerMetrics(config.role)
+        self.engine_factory = engine_factory
+        self.local_store = local_store
+        self.async_engine: AsyncEngine | None = None
+        self.transport = None
+        self.shipper: PrefillShipper | None = None
+        self.kv_export: KVExport | None = None  # prefill role: plugged into the engine
+        self.draining = False
+        self.load_error: str | None = None
+        # KV handles whose prefill failed (router's notice) -> monotonic time; waiters' events
+        self._kv_aborted: dict[str, float] = {}
+        self._kv_waiters: dict[str, asyncio.Event] = {}
+        self.app = self._build()
 
     @property
-    def num_in_flight(self) -> int:
-        with self._lock:
-            return len(self._streams)
+    def ready(self) -> bool:
+        return self.async_engine is not None and not self.draining
 
-    # ------------------------------------------------------------------ handler side
-    async def generate(
-        self,
-        request_id: str,
-        prompt: str | list[int],
-        params: SamplingParams,
-        kv: AsyncGenerator[KVGroup, None] | None = None,
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield snapshots of the request's output as it changes; the last one is finished.
-        With `kv` (the prompt's KV groups as they arrive; `prompt` is then token ids) the
-        engine loads them and continues from the shipped first token, or recomputes the
-        prompt if they fail. Leaving the iteration early (client gone) aborts the request."""
-        if kv is not None and isinstance(prompt, str):
-            raise TypeError("a request with shipped KV takes its prompt as token ids")
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        with self._lock:
-            if request_id in self._streams:
-                raise RequestFailed(f"request id {request_id!r} is already in flight", True)
-            self._streams[request_id] = stream
-        feeding = None
-        if kv is None:
-            self._post(Add(request_id, prompt, params))
-        else:
-            feeding = asyncio.ensure_future(self.kv_loads.feed(request_id, prompt, params, kv))
-        finished = False
+    async def _load(self) -> None:
         try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, RequestFailed):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
-        finally:
-            if feeding is not None:
-                feeding.cancel()  # done already, unless the prompt was recomputed meanwhile
-            with self._lock:
-                self._streams.pop(request_id, None)
-            if not finished:
-                self.metrics.requests.labels(self.role, "abort").inc()
-                self._post(Abort(request_id))
+            engine = await asyncio.to_thread(self.engine_factory)
+            if self.config.role in ("prefill", "decode"):
+                self.transport = kv_shipping.make_transport(self.config, self.local_store)
+            ae = AsyncEngine(engine, self.metrics)
+            if self.config.role == "prefill":
+                mc = engine.model.config
+                self.shipper = PrefillShipper(
+                    self.transport, self.metrics, mc.num_kv_heads, mc.head_dim
+                )
+                self.kv_export = KVExport(self.shipper.ship, self.config.max_layer_groups)
+                engine.connect_kv_export(self.kv_export)
+            ae.start()
+            self.async_engine = ae
+        except Exception as exc:  # reported by /health; the pod's probe fails and restarts it
+            log.exception("engine failed to load")
+            self.load_error = f"{type(exc).__name__}: {exc}"
 
-    def _post(self, cmd: EngineCommand) -> None:
-        """Queue a command for the engine thread (any thread) and wake it."""
-        self._commands.put(cmd)
-        self._wake.set()
+    def _build(self) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(_: FastAPI):
+            task = asyncio.create_task(self._load())
+            yield
+            self.draining = True
+            task.cancel()
+            if self.async_engine is not None:
+                self.async_engine.shutdown()
+            if self.transport is not None:
+                await self.transport.close()
 
-    # ------------------------------------------------------------------ engine thread
-    def _send(self, request_id: str, item: RequestOutput | RequestFailed) -> None:
-        with self._lock:
-            stream = self._streams.get(request_id)
-        if stream is not None:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+        app = FastAPI(title="Lamina engine", lifespan=lifespan)
+        self.metrics.instrument(app)
+        install_error_handlers(app)
+        app.get("/health")(self.health)
+        app.get("/v1/models")(self.models)
+        app.post("/v1/completions")(self.completions)
+        app.post("/v1/chat/completions")(self.chat)
+        app.post("/v1/internal/prefill")(self.prefill)
+        app.get("/v1/internal/load")(self.load)
+        app.post("/drain")(self.drain)
+        app.post("/v1/internal/kv_abort")(self.kv_abort)
+        app.get("/metrics")(self.prometheus)
+        return app
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            busy = self.engine.has_unfinished()
-            if not busy and self._commands.empty():
-                self._wake.wait(0.5)
-                self._wake.clear()
-            self._apply_commands()
-            if self.engine.has_unfinished():
-                try:
-                    result = self.engine.step()
-                except Exception as exc:  # a bug or device error: fail what is in flight
-                    log.exception("engine step failed")
-                    self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
-                    continue
-                for out in result.outputs:
-                    self._publish(out)
-                if not result.ran:  # nothing could run (e.g. no free blocks)
-                    self._wake.wait(0.005)
-                    self._wake.clear()
-            self._update_gauges()
+    # ------------------------------------------------------------------ small endpoints
+    async def health(self) -> JSONResponse:
+        if self.load_error:
+            return JSONResponse(error_body(503, f"engine failed: {self.load_error}"), 503)
+        if self.async_engine is None:
+            return JSONResponse(error_body(503, "loading the model"), 503)
+        if self.draining:
+            return JSONResponse(error_body(503, "draining"), 503)
+        return JSONResponse({"status": "ok", "role": self.config.role})
 
-    def _apply_commands(self) -> None:
-        while True:
-            try:
-                cmd = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(cmd, Abort):
-                self.engine.abort(cmd.request_id)
-                self.kv_loads.forget(cmd.request_id)
-                continue
-            if isinstance(cmd, Add | KvReserve):
-                with self._lock:
-                    if cmd.request_id not in self._streams:  # the client left before now
-                        continue
-            try:
-                result = self._apply(cmd)
-            except InvalidRequest as exc:
-                self._send(cmd.request_id, RequestFailed(str(exc), invalid=True))
-                continue
-            if isinstance(result, Recompute):
-                self.count_fallback(result.reason)
-                self._admit(result.request_id, result.ids, result.params)
-            elif result is not None:  # active, with the first token the prefill sampled
-                self._publish(result)
-
-    def _apply(self, cmd: EngineCommand) -> RequestOutput | Recompute | None:
-        match cmd:
-            case Add():
-                self._admit(cmd.request_id, cmd.prompt, cmd.params)
-                return None
-            case KvReserve():
-                return self.kv_loads.reserve(cmd)
-            case KvGroup():
-                return self.kv_loads.load_group(cmd)
-            case KvDone():
-                return self.kv_loads.activate(cmd)
-            case KvFailed():
-                return self.kv_loads.fail(cmd)
-        raise TypeError(f"unknown engine command {cmd!r}")
-
-    def _admit(self, rid: str, prompt: str | list[int], params: SamplingParams) -> None:
-        try:
-            self.engine.add_request(rid, prompt, params)
-        except InvalidRequest as exc:
-            self._send(rid, RequestFailed(str(exc), invalid=True))
-
-    def count_fallback(self, reason: str) -> None:
-        self.metrics.kv_fallback.labels(self.role, reason).inc()
-        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
-
-    def _publish(self, out: RequestOutput) -> None:
-        with self._lock:
-            stream = self._streams.get(out.request_id)
-        m, role = out.metrics, self.role
-        if stream is not None and m is not None:
-            times = m.token_times
-            if stream.last_tokens == 0 and m.ttft is not None:
-                self.metrics.ttft.labels(role).observe(m.ttft)
-                if m.first_scheduled_time is not None:
-                    self.metrics.queue_time.labels(role).observe(
-                        max(0.0, m.first_scheduled_time - m.arrival_time)
-                    )
-            for a, b in zip(times[max(0, stream.last_tokens - 1) :], times[stream.last_tokens :]):
-                self.metrics.tbt.labels(role).observe(b - a)
-            stream.last_tokens = len(times)
-        if out.finished:
-            self.metrics.requests.labels(role, out.finish_reason or "unknown").inc()
-            self.metrics.finished(out)
-            self.metrics.finished(out)
-            if m is not None and m.e2e is not None:
-                self.metrics.e2e.labels(role).observe(m.e2e)
-        self._send(out.request_id, snapshot(out))
-
-    def _fail_all(self, message: str) -> None:
-        with self._lock:
-            ids = list(self._streams)
-        for rid in ids:
-            self.engine.abort(rid)
-            self.kv_loads.forget(rid)
-            self._send(rid, RequestFailed(message))
-
-    def _update_gauges(self) -> None:
-        sched, stats, role = self.engine.scheduler, self.engine.stats, self.role
-        self.metrics.queue_depth.labels(role).set(sched.num_waiting + self._commands.qsize())
-        self.metrics.running.labels(role).set(sched.num_running)
-        self.metrics.kv_util.labels(role).set(sched.kv_usage)
-        pre, dec, exp = self._marks
-        self.metrics.prefill_tokens.labels(role).inc(stats.prefill_tokens - pre)
-        self.metrics.decode_tokens.labels(role).inc(stats.decode_tokens - dec)
-        self.metrics.expert_bytes.labels(role).inc(max(0, stats.expert_bytes_loaded - exp))
-        self._marks = (stats.prefill_tokens, stats.decode_tokens, stats.expert_bytes_loaded)
-        self.metrics.observe_engine(self.engine)
-        self.metrics.observe_engine(self.engine)
-
-    def load(self) -> dict:
-        """What the router reads to pick a decode pod (cheap; read without the engine lock)."""
-        sched = self.engine.scheduler
+    async def models(self) -> dict:
         return {
-            "kv_usage": sched.kv_usage,
-            "running": sched.num_running,
-            "waiting": sched.num_waiting + self._commands.qsize(),
-            "in_flight": self.num_in_flight,
-        }
+            "object": "list",
+            "data": [{"id": self.config.model_name, "object": "model", "owned_by": "lamina",
+                      "created": 0, "root": self.config.model}],
+        }  # fmt: skip
+
+    async def load(self) -> dict:
+        body = {"role": self.config.role, "ready": self.ready, "draining": self.draining}
+        if self.async_engine is not None:
+            body.update(self.async_engine.load())
+        return body
+
+    async def drain(self) -> dict:
+        self.draining = True
+        n = self.async_engine.num_in_flight if self.async_engine else 0
+        return {"draining": True, "in_flight": n}
+
+    async def prometheus(self) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    # ------------------------------------------------------------------ requests
+    def _check_serving(self, model: str) -> AsyncEngine:
+        if self.draining:
+            raise OpenAIError(503, "this server is draining; retry on another", "unavailable")
+        if self.async_engine is None:
+            raise OpenAIError(503, "the model is still loading; retry shortly", "unavailable")
+        if model != self.config.model_name:
+            raise OpenAIError(
+                404, f"The model `{model}` does not exist; this server serves "
+                f"`{self.config.model_name}`", "not_found_error", "model", "model_not_found",
+            )  # fmt: skip
+        return self.async_engine
+
+    def _prompt_ids(self, req) -> list[int]:
+        return prompt_ids(req, self.async_engine.engine.tokenizer)
+
+    async def completions(self, req: CompletionRequest, request: Request):
+        return await self._serve("completions", req, request)
+
+    async def chat(self, req: ChatCompletionRequest, request: Request):
+        return await self._serve("chat", req, request)
+
+    async def _serve(self, kind: str, req, request: Request):
+        ae = self._check_serving(req.model)
+        tok = ae.engine.tokenizer
+        params = sampling_params(req, tok.generation_defaults if tok else {})
+        ids = self._prompt_ids(req)
+        prefix = "cmpl" if kind == "completions" else "chatcmpl"
+        rid = f"{prefix}-{uuid.uuid4().hex}"
+        kv = None
+        if req.kv_transfer is not None and self.transport is not None:
+            kv = self._kv_groups(req.kv_transfer.request_id, len(ids))
+        stream = ae.generate(rid, ids, params, kv)
+        try:  # with shipped KV, the first output waits for the last group to load
+            first = await self._next(stream, request)
+        except RequestFailed as exc:
+            raise OpenAIError(400 if exc.invalid else 500, str(exc)) from None
+        builder = ResponseBuilder(kind, rid, self.config.model_name, tok)
+        builder.return_token_ids = req.return_token_ids
+        if req.stream:
+            usage = req.stream_options is not None and req.stream_options.include_usage
+            return StreamingResponse(
+                self._sse(builder, first, stream, usage), media_type="text/event-stream"
+            )
+        return builder.full(await self._collect(first, stream, request))
+
+    async def _next(self, stream, request: Request):
+        """The stream's next output; a client that disconnects meanwhile aborts the request
+        (the stream is closed when this raises OpenAIError 499)."""
+        nxt = asyncio.ensure_future(anext(stream))
+        while not nxt.done():
+            await asyncio.wait({nxt}, timeout=0.5)
+            if not nxt.done() and await request.is_disconnected():
+                nxt.cancel()
+                await asyncio.wait({nxt})  # the stream's cleanup (abort) runs before we go
+                raise OpenAIError(499, "client disconnected")
+        return nxt.result()
+
+    async def _collect(self, out, stream, request: Request):
+        """Run to the end; a client that disconnects meanwhile aborts the request."""
+        try:
+            while not out.finished:
+                out = await self._next(stream, request)
+            return out
+        finally:
+            await stream.aclose()
+
+    async def _sse(self, builder: ResponseBuilder, out, stream, include_usage: bool):
+        try:
+            head = builder.first_chunk()
+            if head:
+                yield head
+            while True:
+                chunk = builder.delta_chunk(out)
+                if chunk:
+                    yield chunk
+                if out.finished:
+                    break
+                out = await anext(stream)
+            if include_usage:
+                yield builder.usage_chunk(out)
+            yield SSE_DONE
+        finally:
+            await stream.aclose()
+
+    async def _kv_groups(self, handle: str, num_prompt_tokens: int):
+        """The prompt KV shipped under `handle`, one checked group at a time as each arrives
+        (kv_shipping.receive), cut short by the router's notice that its prefill failed; its
+        objects are deleted from the store afterwards, whatever happened."""
+        aborted = self._kv_waiters.setdefault(handle, asyncio.Event())
+        if handle in self._kv_aborted:
+            aborted.set()
+        engine = self.async_engine.engine
+        groups = kv_shipping.receive(
+            self.transport, handle, num_prompt_tokens, engine.runner.dtype,
+            self.config.kv_wait_seconds, getattr(engine, "speed", None), aborted,
+        )  # fmt: skip
+        try:
+            async with aclosing(groups):
+                async for group in groups:
+                    yield group
+        finally:
+            self._kv_waiters.pop(handle, None)
+            try:
+                await self.transport.delete(handle)
+            except (KVTransferError, ValueError):
+                pass  # the objects expire by TTL anyway
+
+    async def kv_abort(self, body: dict) -> dict:
+        """The router saw this handle's prefill fail: stop waiting for its KV, recompute."""
+        handle = str(body.get("request_id", ""))
+        now = time.monotonic()
+        ttl = self.config.kv_wait_seconds * 2
+        for h in [h for h, t in self._kv_aborted.items() if now - t > ttl]:
+            del self._kv_aborted[h]
+        self._kv_aborted[handle] = now
+        waiter = self._kv_waiters.get(handle)
+        if waiter is not None:
+            waiter.set()
+        return {"request_id": handle, "waiting": waiter is not None}
+
+    async def prefill(self, body: dict) -> dict:
+        """{"kind": "completions"|"chat", "request": {... "kv_transfer": {"request_id"}}}."""
+        if self.shipper is None:
+            raise OpenAIError(400, f"this is a {self.config.role} server, not a prefill server")
+        kind = body.get("kind")
+        model_cls = {"completions": CompletionRequest, "chat": ChatCompletionRequest}.get(kind)
+        if model_cls is None:
+            raise OpenAIError(400, "kind must be 'completions' or 'chat'", param="kind")
+        try:
+            req = model_cls.model_validate(body.get("request") or {})
+        except ValueError as exc:
+            raise OpenAIError(400, f"invalid request: {exc}", param="request") from None
+        if req.kv_transfer is None:
+            raise OpenAIError(400, "kv_transfer.request_id is required", param="kv_transfer")
+        ae = self._check_serving(req.model)
+        tok = ae.engine.tokenizer
+        params = sampling_params(req, tok.generation_defaults if tok else {})
+        params = dataclasses.replace(params, max_tokens=1, min_tokens=0, logprobs=None)
+        ids, handle = self._prompt_ids(req), req.kv_transfer.request_id
+        return await self.shipper.run(ae, handle, ids, params)

@@ -25,7 +25,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from lamina_engine.engine import Engine, InvalidRequest
-from lamina_engine.outputs import RequestOutput
+from lamina_engine.request_output import RequestOutput
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.serving.engine_commands import (
     KvDone,

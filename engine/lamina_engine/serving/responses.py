@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from lamina_engine.outputs import RequestOutput
+from lamina_engine.request_output import RequestOutput
 from lamina_engine.tokenizer import Tokenizer
 
 

@@ -1,4 +1,4 @@
-"""Prefilled requests (engine/lamina_engine/prefilled.py): a decode engine reserves blocks, loads the prompt KV
+"""Prefilled requests (engine/lamina_engine/kv_import.py): a decode engine reserves blocks, loads the prompt KV
 a prefill engine computed one layer group at a time, activates the request and decodes on with
 exactly the greedy tokens of a local run (fp32, the shipped demo checkpoint, no transformers).
 A group that does not fit raises ValueError and release gives back every block."""
@@ -74,7 +74,7 @@ def assert_all_free(engine: Engine) -> None:
     assert bm.num_free_blocks == bm.num_blocks
     if getattr(bm, "upper", None) is not None:
         assert bm.upper.num_free_blocks == bm.upper.num_blocks
-    assert len(engine.prefilled) == 0 and engine.scheduler.num_reserved == 0
+    assert len(engine.kv_import) == 0 and engine.scheduler.num_reserved == 0
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_groups_loaded_one_at_a_time_decode_like_a_local_prefill(ids, num_groups
     assert dst.scheduler.num_running == 0 and not dst.has_unfinished()
     for start, kv in shipped.groups:
         dst.load_prefilled_group("r", start, kv)
-        assert dst.prefilled.layers_loaded("r") == start + kv.shape[1]
+        assert dst.kv_import.layers_loaded("r") == start + kv.shape[1]
         assert dst.step().outputs == []  # nothing runs: the reserved prompt is invisible to steps
     out = dst.activate_prefilled("r", shipped.first_token)
     assert out.token_ids == [shipped.first_token] and not out.finished
@@ -111,7 +111,7 @@ def test_prefix_cache_hits_are_kept_and_not_rewritten(ids):
     run(dst)
     shipped = prefill(src, ids, 2)
     assert dst.reserve_prefilled("r", ids, GREEDY)
-    assert dst.prefilled.sequence("r").num_cached_tokens == 16
+    assert dst.kv_import.sequence("r").num_cached_tokens == 16
     for start, kv in shipped.groups:
         poisoned = kv.clone()
         poisoned[:, :, :16] = float("nan")  # positions the prefix cache holds already
@@ -145,7 +145,7 @@ def test_another_request_decodes_correctly_while_groups_load(ids):
     dst.add_request("other", other, GREEDY)
     dst.step()  # its prompt
     assert dst.reserve_prefilled("r", ids, GREEDY)
-    seq = dst.prefilled.sequence("r")
+    seq = dst.kv_import.sequence("r")
     for start, kv in shipped.groups:
         dst.load_prefilled_group("r", start, kv)
         for _ in range(2):
@@ -226,7 +226,7 @@ def test_reserve_is_refused_when_blocks_do_not_fit_now_or_the_request_needs_a_lo
     dst = make_engine(num_gpu_blocks=10)
     assert dst.reserve_prefilled("a", ids[:40], GREEDY)  # 5 of 10 blocks
     assert not dst.reserve_prefilled("b", ids[:48], GREEDY)  # 6 more do not fit now
-    assert "b" not in dst.prefilled and dst.scheduler.block_manager.num_used_blocks == 5
+    assert "b" not in dst.kv_import and dst.scheduler.block_manager.num_used_blocks == 5
     assert dst.scheduler.kv_usage == 0.5  # a reservation's blocks count as used
     dst.release_prefilled("a")
     assert dst.reserve_prefilled("b", ids[:48], GREEDY)

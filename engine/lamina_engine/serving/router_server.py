@@ -28,6 +28,7 @@ from lamina_engine.serving.backends import BackendPool
 from lamina_engine.serving.config import ServeConfig
 from lamina_engine.serving.errors import install_error_handlers
 from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
+from lamina_engine.serving.pod_pickers import BackendState, DecodePicker, PrefillPicker
 from lamina_engine.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -35,7 +36,6 @@ from lamina_engine.serving.protocol import (
     error_body,
     prompt_ids,
 )
-from lamina_engine.serving.routing import BackendState, DecodePicker, PrefillPicker
 
 log = logging.getLogger(__name__)
 PREFILL_TIMEOUT_S = 600.0

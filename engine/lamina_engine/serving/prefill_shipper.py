@@ -15,7 +15,7 @@ import torch
 
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.serving import kv_shipping
-from lamina_engine.serving.engine_server import AsyncEngine, RequestFailed
+from lamina_engine.serving.async_engine import AsyncEngine, RequestFailed
 from lamina_engine.serving.metrics import ServerMetrics
 from lamina_engine.serving.protocol import OpenAIError
 from lamina_engine.transfer import KVTransferError, KVTransport

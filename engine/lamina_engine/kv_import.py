@@ -37,7 +37,7 @@ class _Reservation:
     next_layer: int = 0  # layers [0, next_layer) are written
 
 
-class PrefilledRequests:
+class KVImport:
     """The reservations of one engine: request id -> blocks being filled from the wire."""
 
     def __init__(
