@@ -27,7 +27,8 @@ RULES: list[dict[str, list[str]]] = [
         "resources": ["servingdeployments/finalizers"],
         "verbs": ["update"],
     },
-    # Pools and the managed Redis: apply (get/create/patch), prune (list/delete), kopf watch.
+    # Pools and the managed Redis: each pass lists them once (apply, prune, status), creates
+    # and patches; get only when a create collides with an unlabelled object; kopf watch.
     {
         "apiGroups": ["apps"],
         "resources": ["deployments"],
@@ -48,7 +49,8 @@ RULES: list[dict[str, list[str]]] = [
     # Events about what the operator did (kopf posts core/v1 Events).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-    # Leader election with --namespace: a KopfPeering in each watched namespace.
+    # Leader election with --namespace: a KopfPeering in each watched namespace (read at
+    # startup too: without one, and without --peering, the operator runs standalone).
     {
         "apiGroups": ["kopf.dev"],
         "resources": ["kopfpeerings"],
