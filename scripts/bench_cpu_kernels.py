@@ -73,7 +73,7 @@ def decode_attention() -> None:
     import random
 
     from lamina_engine.models import AttentionMetadata
-    from lamina_engine.models.attention import AttentionPlan, paged_attention
+    from lamina_engine.models.attention import paged_attention
 
     bs, kv_heads, heads, hd = 16, 4, 8, 64
     rng = random.Random(0)
@@ -85,7 +85,7 @@ def decode_attention() -> None:
     tables = [[free.pop() for _ in range(-(-c // bs))] for c in contexts]
     md = AttentionMetadata.build([c - 1 for c in contexts], [1] * len(contexts), tables, bs)
     q = torch.randn(len(contexts), heads, hd)
-    plan = AttentionPlan.from_metadata(md)
+    plan = md.plan
     widest = max(len(t) for t in tables)
     padded = torch.tensor([t + [0] * (widest - len(t)) for t in tables])  # [B, nb]
     mask = (torch.arange(widest * bs)[None, :] < torch.tensor(contexts)[:, None])[:, None, None]

@@ -59,6 +59,11 @@ class Sequence:
         self.block_table: list[int] = []
         # SPEED only: upper-layer blocks; the j-th full-depth token lives in slot j (core/speed_layout.py)
         self.upper_block_table: list[int] = []
+        # chained prefix hashes of the first full blocks (core/block_manager.py fills it in
+        # order), kept so a waiting prompt is not rehashed every step; tokens are only ever
+        # appended, so a block's hash never changes once computed
+        self._block_hashes: list[int] = []
+        self._hash_block_size = 0  # the block size _block_hashes were computed for
 
     def __repr__(self) -> str:
         return (
@@ -108,6 +113,13 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    def block_hash_memo(self, block_size: int) -> list[int]:
+        """The hashes of blocks [0, n) of `block_size` tokens computed so far: the live list,
+        which the block manager extends. Another block size starts a new list."""
+        if block_size != self._hash_block_size:
+            self._block_hashes, self._hash_block_size = [], block_size
+        return self._block_hashes
 
     def append_token(self, token_id: int) -> None:
         self._token_ids.append(int(token_id))

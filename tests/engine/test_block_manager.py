@@ -42,6 +42,31 @@ def test_block_hashes_reject_tokens_outside_uint32():
         block_hashes([-1, 2, 3, 4], BS)
 
 
+def test_a_waiting_prompt_is_hashed_once_and_its_memo_grows_with_its_tokens():
+    bm = BlockManager(num_blocks=3, block_size=BS)
+    computed(bm, list(range(12)))  # 3 blocks cached, none free: the next prompt must wait
+    waiting = Sequence(list(range(8)) + [50, 51, 52, 53, 54])  # 2 hits, then a miss
+    memo = waiting.block_hash_memo(BS)
+    for _ in range(3):  # each step asks again while the prompt waits
+        assert not bm.can_allocate(waiting)
+        # hashed up to the first miss, once: the same list, no longer on later steps
+        assert waiting.block_hash_memo(BS) is memo
+        assert memo == block_hashes(waiting.all_token_ids, BS)[:3]
+    # the memo serves lookups as the fresh hashes would, and grows as tokens are appended
+    bm2 = BlockManager(num_blocks=8, block_size=BS)
+    seq = computed(bm2, waiting.prompt_token_ids)
+    assert seq.block_hash_memo(BS) == block_hashes(seq.all_token_ids, BS)
+    for t in (60, 61, 62):
+        seq.append_token(t)
+        bm2.append_slots(seq, 1)
+        seq.num_computed_tokens += 1
+        bm2.cache_blocks(seq)
+    assert seq.block_hash_memo(BS) == block_hashes(seq.all_token_ids, BS)  # 4 full blocks
+    assert set(bm2.cached_hashes) == set(block_hashes(seq.all_token_ids, BS))
+    # another block size is another chain: the memo starts over
+    assert seq.block_hash_memo(BS * 2) == []
+
+
 def test_allocation_takes_blocks_in_free_list_order():
     bm = BlockManager(num_blocks=10, block_size=BS)
     a, b = Sequence(range(10)), Sequence(range(100, 105))

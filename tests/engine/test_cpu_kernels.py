@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lamina_engine.models import AttentionMetadata
-from lamina_engine.models.attention import AttentionPlan, paged_attention, write_kv_cache
+from lamina_engine.models.attention import paged_attention, write_kv_cache
 from lamina_engine.models.layers import Linear, linear
 
 
@@ -83,7 +83,7 @@ def test_paged_attention_decodes_and_chunks_match_dense(heads, kv_heads, head_di
     write_kv_cache(cache, md.slot_mapping, new_k, new_v)
     q = torch.randn(new_k.shape[0], heads, head_dim)
 
-    out = paged_attention(q, cache, AttentionPlan.from_metadata(md))
+    out = paged_attention(q, cache, md.plan)
 
     row = 0
     for (start, n), k, v in zip(shapes, ks, vs, strict=True):

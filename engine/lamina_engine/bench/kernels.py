@@ -28,7 +28,7 @@ import torch
 import lamina_engine.kernels  # noqa: F401  (interpreter on CUDA-less hosts, before triton.jit)
 from lamina_engine.kernels.decode_attention import decode_attention
 from lamina_engine.kernels.fused_moe import fused_experts
-from lamina_engine.models.attention import AttentionMetadata, AttentionPlan, paged_attention
+from lamina_engine.models.attention import AttentionMetadata, paged_attention
 from lamina_engine.models.moe import experts_forward, route
 
 # (T tokens, E, K, D, I) and (B, context, H, KV, hd, block size); targets from issue 14.
@@ -135,7 +135,7 @@ def _attention_case(name, shape, device, dtype, iters, gen):
     q = torch.randn(b, h, hd, generator=gen).to(device, dtype)
     perm = torch.randperm(nblk, generator=gen).view(b, -1).tolist()
     md = AttentionMetadata.build([ctx - 1] * b, [1] * b, perm, bs, device)
-    plan = AttentionPlan.from_metadata(md)
+    plan = md.plan
     tables, lens = md.block_tables, md.context_lens
 
     def triton_path():

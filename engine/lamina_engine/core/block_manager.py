@@ -12,7 +12,8 @@ until the allocator needs it; blocks with no cached content are handed out first
 
 The table-level methods (`allocate_table`, `grow_table`, `cache_table`, `free_table`) take the
 block table and tokens explicitly, so one manager can back any table; the sequence-level methods
-are the same operations on `seq.block_table`. SPEED keeps two independent pools this way (a
+are the same operations on `seq.block_table`, with the sequence's memo of its block hashes
+(`Sequence.block_hash_memo`), so each block is hashed once however many steps it waits. SPEED keeps two independent pools this way (a
 lower-layer and an upper-layer manager, each with its own table per sequence).
 """
 
@@ -31,8 +32,8 @@ def hash_block(parent: int | None, token_ids: TokenIds[int]) -> int:
     """Stable 64-bit hash of one full block after the prefix hashed as `parent`.
 
     blake2b over little-endian bytes, so the value is the same in every process and on every
-    machine (the router matches prompts against hashes reported by engine pods). The root block
-    has no parent bytes; every other block starts with its parent's 8 bytes.
+    machine (the router hashes prompts the same way to pick the pod likely to hold them). The
+    root block has no parent bytes; every other block starts with its parent's 8 bytes.
     """
     h = hashlib.blake2b(digest_size=8, person=b"lamina-kv")
     if parent is not None:
@@ -111,8 +112,19 @@ class BlockManager:
 
     # ---- prefix lookup ---------------------------------------------------------------------
 
-    def find_cached_prefix(self, token_ids: TokenIds[int]) -> list[int]:
-        """Block ids of the longest cached prefix of `token_ids`.
+    def prefix_hash(self, token_ids: TokenIds[int], i: int, memo: list[int]) -> int:
+        """The chained hash of block i of `token_ids`. `memo` holds the hashes of blocks
+        [0, len(memo)) of these tokens and is extended in order up to block i."""
+        bs = self.block_size
+        while len(memo) <= i:
+            j = len(memo)
+            memo.append(hash_block(memo[j - 1] if j else None, token_ids[j * bs : (j + 1) * bs]))
+        return memo[i]
+
+    def find_cached_prefix(
+        self, token_ids: TokenIds[int], memo: list[int] | None = None
+    ) -> list[int]:
+        """Block ids of the longest cached prefix of `token_ids` (`memo`: see prefix_hash).
 
         At most `(len - 1) // block_size` blocks: the last token is always left to compute (its
         logits give the next token), and capping whole blocks means a sequence never writes into
@@ -120,12 +132,10 @@ class BlockManager:
         """
         if not self.enable_prefix_caching:
             return []
+        memo = [] if memo is None else memo
         hits: list[int] = []
-        parent = None
-        bs = self.block_size
-        for i in range((len(token_ids) - 1) // bs):
-            parent = hash_block(parent, token_ids[i * bs : (i + 1) * bs])
-            block = self._cached.get(parent)
+        for i in range((len(token_ids) - 1) // self.block_size):
+            block = self._cached.get(self.prefix_hash(token_ids, i, memo))
             if block is None:
                 break
             hits.append(block)
@@ -133,14 +143,16 @@ class BlockManager:
 
     # ---- table-level operations ------------------------------------------------------------
 
-    def can_allocate_tokens(self, token_ids: TokenIds[int]) -> bool:
-        return self._fits(token_ids, self.find_cached_prefix(token_ids))
+    def can_allocate_tokens(self, token_ids: TokenIds[int], memo: list[int] | None = None) -> bool:
+        return self._fits(token_ids, self.find_cached_prefix(token_ids, memo))
 
-    def allocate_table(self, table: list[int], token_ids: TokenIds[int]) -> int:
+    def allocate_table(
+        self, table: list[int], token_ids: TokenIds[int], memo: list[int] | None = None
+    ) -> int:
         """Fill an empty `table` with blocks for every token; return the prefix-hit length."""
         if table:
             raise ValueError(f"allocate_table needs an empty block table, got {table}")
-        hits = self.find_cached_prefix(token_ids)
+        hits = self.find_cached_prefix(token_ids, memo)
         if not self._fits(token_ids, hits):
             raise NoFreeBlocksError(f"not enough free blocks for {len(token_ids)} tokens")
         self.num_queried_tokens += len(token_ids)
@@ -163,18 +175,25 @@ class BlockManager:
         for _ in range(missing):
             table.append(self._allocate_block())
 
-    def cache_table(self, table: list[int], token_ids: TokenIds[int], num_computed: int) -> None:
-        """Name every full block whose KV is computed, so later prompts can hit it."""
+    def cache_table(
+        self,
+        table: list[int],
+        token_ids: TokenIds[int],
+        num_computed: int,
+        memo: list[int] | None = None,
+    ) -> None:
+        """Name every full block whose KV is computed, so later prompts can hit it (`memo`:
+        see prefix_hash; without one, the chain continues from the named blocks' hashes)."""
         if not self.enable_prefix_caching:
             return
-        bs = self.block_size
-        num_full = min(num_computed // bs, len(table))
+        num_full = min(num_computed // self.block_size, len(table))
         first = num_full  # blocks are named in order: walk back to the first unnamed one
         while first > 0 and self.block_hash[table[first - 1]] is None:
             first -= 1
+        if memo is None:
+            memo = [self.block_hash[b] for b in table[:first]]  # all named (in order)
         for i in range(first, num_full):
-            parent = self.block_hash[table[i - 1]] if i > 0 else None
-            h = hash_block(parent, token_ids[i * bs : (i + 1) * bs])
+            h = self.prefix_hash(token_ids, i, memo)
             block = table[i]
             self.block_hash[block] = h
             # an identical block computed twice stays a private duplicate; the first one serves
@@ -197,13 +216,14 @@ class BlockManager:
     # ---- sequence-level operations (seq.block_table) ---------------------------------------
 
     def can_allocate(self, seq: Sequence) -> bool:
-        return self.can_allocate_tokens(seq.all_token_ids)
+        return self.can_allocate_tokens(seq.all_token_ids, seq.block_hash_memo(self.block_size))
 
     def allocate(self, seq: Sequence) -> int:
         """Blocks for all of `seq`'s tokens (the prompt, plus outputs when it is recomputed
         after preemption), reusing cached prefix blocks. Sets `num_cached_tokens` and
         `num_computed_tokens` to the hit length, always < `num_tokens`; returns it."""
-        hit = self.allocate_table(seq.block_table, seq.all_token_ids)
+        memo = seq.block_hash_memo(self.block_size)
+        hit = self.allocate_table(seq.block_table, seq.all_token_ids, memo)
         seq.num_cached_tokens = hit
         seq.num_computed_tokens = hit
         return hit
@@ -216,7 +236,8 @@ class BlockManager:
         self.grow_table(seq.block_table, seq.num_computed_tokens + num_new_tokens)
 
     def cache_blocks(self, seq: Sequence) -> None:
-        self.cache_table(seq.block_table, seq.all_token_ids, seq.num_computed_tokens)
+        memo = seq.block_hash_memo(self.block_size)
+        self.cache_table(seq.block_table, seq.all_token_ids, seq.num_computed_tokens, memo)
 
     def free(self, seq: Sequence) -> None:
         self.free_table(seq.block_table)

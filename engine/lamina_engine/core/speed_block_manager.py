@@ -54,7 +54,8 @@ class SpeedBlockManager(BlockManager):
     # ---- sequence-level operations over both tables ----------------------------------------
 
     def can_allocate(self, seq: Sequence) -> bool:
-        hits = self.find_cached_prefix(self._hit_scope(seq))
+        memo = seq.block_hash_memo(self.block_size)
+        hits = self.find_cached_prefix(self._hit_scope(seq), memo)
         if not self._fits(seq.all_token_ids, hits):
             return False
         if self.upper is None:
@@ -64,7 +65,8 @@ class SpeedBlockManager(BlockManager):
     def allocate(self, seq: Sequence) -> int:
         if not self.can_allocate(seq):
             raise ValueError(f"not enough free blocks in the SPEED pools for {seq}")
-        hit = self.allocate_table(seq.block_table, self._hit_scope(seq))
+        memo = seq.block_hash_memo(self.block_size)
+        hit = self.allocate_table(seq.block_table, self._hit_scope(seq), memo)
         self.grow_table(seq.block_table, seq.num_tokens)
         if self.upper is not None:
             if seq.upper_block_table:

@@ -22,6 +22,7 @@ class AttentionMetadata:  # T tokens in the step, B sequences
     context_lens: Tensor  # [B] int64, tokens in cache for each seq after this step
     block_tables: Tensor  # [B, max_blocks] int64 (padded with 0)
     block_size: int
+    plan: AttentionPlan  # the torch path's gather indices and masks, shared by every layer
 
     @staticmethod
     def build(
@@ -32,7 +33,8 @@ class AttentionMetadata:  # T tokens in the step, B sequences
         device: torch.device | str = "cpu",
     ) -> AttentionMetadata:
         """From per-sequence ints: sequence b computes positions
-        [seq_starts[b], seq_starts[b] + seq_query_lens[b]) and owns blocks block_tables[b]."""
+        [seq_starts[b], seq_starts[b] + seq_query_lens[b]) and owns blocks block_tables[b].
+        The plan is derived here, from the same ints, not read back from the tensors."""
         if not len(seq_starts) == len(seq_query_lens) == len(block_tables):
             raise ValueError(
                 f"seq_starts ({len(seq_starts)}), seq_query_lens ({len(seq_query_lens)}) and "
@@ -57,18 +59,19 @@ class AttentionMetadata:  # T tokens in the step, B sequences
         cum = [0]
         for q_len in seq_query_lens:
             cum.append(cum[-1] + q_len)
+        context_lens = [s + q for s, q in zip(seq_starts, seq_query_lens, strict=True)]
 
         def as_tensor(values: list) -> Tensor:
             return torch.tensor(values, dtype=torch.int64, device=device)
 
+        tables = as_tensor(padded).reshape(len(block_tables), max_blocks)
         return AttentionMetadata(
             slot_mapping=as_tensor(slots),
             query_start_loc=as_tensor(cum),
-            context_lens=as_tensor(
-                [s + q for s, q in zip(seq_starts, seq_query_lens, strict=True)]
-            ),
-            block_tables=as_tensor(padded).reshape(len(block_tables), max_blocks),
+            context_lens=as_tensor(context_lens),
+            block_tables=tables,
             block_size=block_size,
+            plan=AttentionPlan.build(cum, context_lens, block_tables, tables, block_size),
         )
 
 
@@ -88,8 +91,9 @@ class _Decode:  # one sequence with a single query token (its row: AttentionPlan
 
 @dataclass
 class AttentionPlan:
-    """Gather indices and masks derived once per forward from AttentionMetadata; shared by
-    every layer (they read the same block tables).
+    """Gather indices and masks for the torch path, made once per step by
+    AttentionMetadata.build from its python ints (never read back from the tensors) and
+    shared by every layer that uses the metadata (they read the same block tables).
 
     K/V are gathered a whole block at a time (one index_select of contiguous [BS, KV, hd]
     chunks: ~10x faster on CPU than gathering per slot). Decodes gather all their blocks in
@@ -115,36 +119,37 @@ class AttentionPlan:
         return ws
 
     @staticmethod
-    def from_metadata(md: AttentionMetadata) -> AttentionPlan:
-        device = md.slot_mapping.device
-        starts = md.query_start_loc.tolist()
-        ctx_lens = md.context_lens.tolist()
-        bs = md.block_size
-        decodes, decode_tokens, decode_rows, prefills = [], [], [], []
-        num_decode_blocks = 0
-        for b, ctx in enumerate(ctx_lens):
-            q_len = starts[b + 1] - starts[b]
+    def build(
+        query_start: list[int],
+        context_lens: list[int],
+        block_tables: Sequence[Sequence[int]],
+        tables: Tensor,
+        block_size: int,
+    ) -> AttentionPlan:
+        """From the ints AttentionMetadata.build has: query_start [B+1] (cumulative query
+        lengths), context_lens [B], the block tables, and `tables` [B, max_blocks], their padded
+        tensor on the step's device."""
+        device = tables.device
+        bs = block_size
+        decodes, decode_tokens, decode_block_ids, prefills = [], [], [], []
+        for b, ctx in enumerate(context_lens):
+            q_len = query_start[b + 1] - query_start[b]
             n_blocks = (ctx + bs - 1) // bs
             if q_len == 1:
-                decodes.append(_Decode(ctx, num_decode_blocks))
-                decode_tokens.append(starts[b])
-                decode_rows.append(md.block_tables[b, :n_blocks])
-                num_decode_blocks += n_blocks
+                decodes.append(_Decode(ctx, len(decode_block_ids)))
+                decode_tokens.append(query_start[b])
+                decode_block_ids += block_tables[b][:n_blocks]
                 continue
             # query i sits at position ctx - q_len + i and sees keys at positions <= it
             q_pos = torch.arange(ctx - q_len, ctx, device=device)
             mask = torch.arange(n_blocks * bs, device=device)[None, :] <= q_pos[:, None]
-            prefills.append(_Prefill(starts[b], q_len, md.block_tables[b, :n_blocks], mask))
-        if decode_rows:
-            decode_blocks = torch.cat(decode_rows)
-        else:
-            decode_blocks = torch.empty(0, dtype=torch.int64, device=device)
+            prefills.append(_Prefill(query_start[b], q_len, tables[b, :n_blocks], mask))
         return AttentionPlan(
             decodes,
             torch.tensor(decode_tokens, dtype=torch.int64, device=device),
-            decode_blocks,
+            torch.tensor(decode_block_ids, dtype=torch.int64, device=device),
             prefills,
-            max([num_decode_blocks] + [p.blocks.numel() for p in prefills]),
+            max([len(decode_block_ids)] + [p.blocks.numel() for p in prefills]),
         )
 
 

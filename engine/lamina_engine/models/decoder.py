@@ -173,10 +173,9 @@ class CausalLM(nn.Module):
         if residual is None and start != 0:
             raise ValueError(f"residual is None but the range starts at layer {start}, not 0")
         cos, sin = self.rotary.cos_sin(positions, hidden.dtype)  # [T, hd] each
-        plan = AttentionPlan.from_metadata(attn_md)
         for i in range(start, end):
             hidden, residual = self.layers[i](
-                hidden, residual, cos, sin, kv_caches[i], attn_md, plan
+                hidden, residual, cos, sin, kv_caches[i], attn_md, attn_md.plan
             )
         return hidden, residual
 
