@@ -1,4 +1,4 @@
-"""What one scheduler step hands the model runner (re-exported by core/scheduler.py).
+"""What one scheduler step hands the model runner (runner/step.py runs it).
 
 Each chunk computes positions `[start, start + num_tokens)` of one sequence; KV for positions
 below `start` is already cached. `chunks` run through every layer (running decodes first, then

@@ -1,6 +1,6 @@
-"""Mixture-of-experts FFN in plain torch: the reference (and test oracle) for the fused kernel.
+"""Mixture-of-experts FFN in plain torch: the reference (and test oracle) for the fused Triton
+kernel in kernels/fused_moe.py, which runs the same pipeline on the GPU:
 
-Pipeline, as the fused Triton kernel will run it:
     route    : logits = x @ router^T; softmax in fp32; top-k; optional renormalisation
     permute  : sort the T*K (token, expert) pairs by expert
     experts  : per expert with tokens: h = silu(x @ w1^T) * (x @ w3^T); y = h @ w2^T
