@@ -7,72 +7,35 @@ import logging
 import sys
 import time
 
-
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", default=None, help="checkpoint folder (default: the built-in demo model)"
-    )
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--scheduler", default="chunked", choices=["chunked", "layered"])
-    p.add_argument("--layered-budget", type=int, default=8192, help="cohort token budget B")
-    p.add_argument("--layered-max-groups", type=int, default=16, help="most layer groups Gmax")
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-num-batched-tokens", type=int, default=512)
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--num-gpu-blocks", type=int, default=None)
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument(
-        "--speed-prefill-layers",
-        type=_layers_or_fraction,
-        default=None,
-        help="SPEED: layers prompt tokens run (a count like 24, or a fraction like 0.75); "
-        "off unless given or set in the model's config.json",
-    )
-    p.add_argument(
-        "--speed-anchors", type=int, default=1, help="SPEED: leading prompt tokens at full depth"
-    )
+# Flag names of earlier releases, still accepted (the setting's own flag is derived).
+ENGINE_FLAG_ALIASES = {"scheduling_policy": ["--scheduler"]}
+# `lamina generate --seed` seeds the requests' sampling (SamplingParams.seed); the engine-wide
+# seed stays at its default there.
+GENERATE_EXCLUDES = {"seed"}
 
 
-def _layers_or_fraction(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a layer count (24) or a fraction (0.75), got {text!r}"
-            ) from None
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """A flag per EngineConfig setting (`--model` defaults to the built-in demo model)."""
+    from lamina_engine.config import EngineConfig
+    from lamina_engine.flags import add_flags
+
+    add_flags(p, EngineConfig, exclude=GENERATE_EXCLUDES, aliases=ENGINE_FLAG_ALIASES)
 
 
-def _speed_setting(args: argparse.Namespace) -> dict | None:
-    k = getattr(args, "speed_prefill_layers", None)
-    return None if k is None else {"prefill_layers": k, "anchors": args.speed_anchors}
-
-
-def engine_kwargs(args: argparse.Namespace) -> dict:
+def engine_config(args: argparse.Namespace):
+    """The EngineConfig the flags describe (`lamina generate` reads no LAMINA_* variables)."""
+    from lamina_engine.config import EngineConfig
     from lamina_engine.demo import demo_model_path
+    from lamina_engine.flags import build
 
-    return dict(
-        model=args.model or str(demo_model_path()),
-        dtype=args.dtype,
-        device=args.device,
-        scheduler=args.scheduler,
-        layered_budget=args.layered_budget,
-        layered_max_groups=args.layered_max_groups,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        block_size=args.block_size,
-        num_gpu_blocks=args.num_gpu_blocks,
-        max_model_len=args.max_model_len,
-        speed=_speed_setting(args),
-    )
+    demo = {"model": str(demo_model_path())}
+    return build(EngineConfig, args, env={}, defaults=demo, exclude=GENERATE_EXCLUDES)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lamina_engine import LLM, SamplingParams
+    from lamina_engine import SamplingParams
 
+    config = engine_config(args)  # a bad setting fails here, before torch and the model load
     params = SamplingParams(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -83,8 +46,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stop=args.stop or None,
         ignore_eos=args.ignore_eos,
     )
-    kwargs = engine_kwargs(args)
-    llm = LLM(progress=True, **kwargs)
+    from lamina_engine import LLM
+
+    llm = LLM(config, progress=True)
     t0 = time.perf_counter()
     if args.chat:
         outs = llm.chat([{"role": "user", "content": p} for p in args.prompt][:1], params)
@@ -125,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate text offline from one or more prompts")
     g.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one batch)")
-    _add_engine_args(g)
+    add_engine_args(g)
     g.add_argument("--max-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--top-p", type=float, default=1.0)

@@ -1,15 +1,23 @@
-"""EngineConfig: every engine setting, validated once and passed whole."""
+"""EngineConfig: every engine setting, validated once and passed whole.
+
+Each field is also a flag and a LAMINA_* variable of `lamina generate` / `lamina serve`
+(flags.py derives them: `max_num_seqs` -> `--max-num-seqs`, `LAMINA_MAX_NUM_SEQS`), so a new
+setting is one field here. The operator writes these names, and
+tests/test_operator_engine_contract.py holds it to them.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lamina_engine.speed_config import SpeedConfig
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
+# The keys of core.scheduler.POLICIES (tests/engine/test_cli.py keeps the two equal).
+SchedulingPolicy = Literal["chunked", "layered"]
 
 
 class EngineConfig(BaseModel):
@@ -23,7 +31,9 @@ class EngineConfig(BaseModel):
         description="Weight/activation dtype; auto = float32 on CPU, the checkpoint's on CUDA.",
     )
     device: Device = "auto"
-    scheduler: str = Field("chunked", description="Scheduling policy name.")
+    scheduling_policy: SchedulingPolicy = Field(
+        "chunked", description="chunked (token budget per step) or layered (layer-group prefill)."
+    )
     max_num_seqs: int = Field(64, ge=1, description="Most sequences running at once.")
     max_num_batched_tokens: int = Field(
         512, ge=1, description="Token budget per step (chunk size of chunked prefill)."
@@ -32,7 +42,10 @@ class EngineConfig(BaseModel):
         8192, ge=1, description="layered: most prompt tokens in one prefill cohort (B)."
     )
     layered_max_groups: int = Field(
-        16, ge=1, description="layered: most layer groups (Gmax; capped at the layer count)."
+        16,
+        ge=1,
+        description="layered: most layer groups (Gmax; capped at the layer count); a prefill "
+        "server also ships a prompt's KV in this many layer groups.",
     )
     layered_group_tokens: int = Field(
         512,
@@ -57,6 +70,28 @@ class EngineConfig(BaseModel):
         "'anchors': 1}; default: off, or the checkpoint config's SPEED keys.",
     )
     seed: int = Field(0, description="Seed of the engine-wide generator (unseeded requests).")
+
+    @field_validator("model")
+    @classmethod
+    def _local_checkpoint(cls, value: str) -> str:
+        scheme, sep, _ = value.partition("://")
+        if sep:
+            raise ValueError(
+                f"model {value!r} is a {scheme}:// source, which this engine cannot fetch yet: "
+                "give a local checkpoint folder (with the operator, copy the checkpoint into a "
+                "PersistentVolumeClaim and use source pvc://claim/path)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _budget_covers_decodes(self) -> EngineConfig:
+        # every running decode takes one token of the step budget
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
+                f"max_num_seqs ({self.max_num_seqs}); raise the budget or lower max_num_seqs"
+            )
+        return self
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -26,14 +26,16 @@ class LLM:
         outs = llm.generate(["Hello"], SamplingParams(max_tokens=32, temperature=0))
         print(outs[0].text, outs[0].metrics.ttft)
 
-    Keyword arguments are EngineConfig fields (dtype, device, scheduler, max_num_seqs,
-    max_num_batched_tokens, block_size, num_gpu_blocks, kv_cache_memory_fraction,
-    max_model_len, enable_prefix_caching, seed, and for scheduler="layered": layered_budget,
-    layered_max_groups, layered_group_tokens).
+    `model` is a checkpoint folder with keyword arguments that are EngineConfig fields
+    (dtype, device, scheduling_policy, max_num_seqs, max_num_batched_tokens, block_size, ...),
+    or a whole EngineConfig.
     """
 
-    def __init__(self, model: str, *, progress: bool = False, **kwargs: Any):
-        self.config = EngineConfig(model=str(model), **kwargs)
+    def __init__(self, model: str | EngineConfig, *, progress: bool = False, **kwargs: Any):
+        if isinstance(model, EngineConfig):
+            self.config = EngineConfig(**{**model.model_dump(), **kwargs}) if kwargs else model
+        else:
+            self.config = EngineConfig(model=str(model), **kwargs)
         self.engine = Engine(self.config, progress=progress)
         self._ids = itertools.count()
 

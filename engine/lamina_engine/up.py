@@ -32,6 +32,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_args(role: str, port: int, model: str | None, *extra: str, host="127.0.0.1"):
+    """The `lamina serve` command line (after `lamina`) of one process of the stack."""
+    args = ["serve", "--role", role, "--host", host, "--port", str(port),
+            "--served-model-name", NAME]  # fmt: skip
+    return args + (["--model", model] if model else []) + list(extra)
+
+
+def kv_args(redis_port: int) -> list[str]:
+    """Flags of the prefill and decode processes: how KV travels between them."""
+    return ["--kv-backend", "redis", "--kv-redis-url", f"redis://127.0.0.1:{redis_port}/0"]
+
+
 class Stack:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen]] = []
@@ -41,11 +53,8 @@ class Stack:
         self.procs.append((name, subprocess.Popen(args, stdout=out)))
 
     def serve(self, role: str, port: int, model: str | None, *extra: str, host="127.0.0.1"):
-        args = [sys.executable, "-m", "lamina_engine.cli", "serve", "--role", role,
-                "--host", host, "--port", str(port), "--served-model-name", NAME]  # fmt: skip
-        if model:
-            args += ["--model", model]
-        self.spawn(role, args + list(extra))
+        args = serve_args(role, port, model, *extra, host=host)
+        self.spawn(role, [sys.executable, "-m", "lamina_engine.cli", *args])
 
     def dead(self) -> str | None:
         for name, proc in self.procs:
@@ -101,7 +110,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             rport = _free_port()
             stack.spawn("redis", [redis, "--port", str(rport), "--bind", "127.0.0.1",
                                   "--save", "", "--appendonly", "no"], quiet=True)  # fmt: skip
-            kv = ["--kv-backend", "redis", "--kv-redis-url", f"redis://127.0.0.1:{rport}/0"]
+            kv = kv_args(rport)
             pport, dport = _free_port(), _free_port()
             stack.serve("prefill", pport, args.model, *kv)
             stack.serve("decode", dport, args.model, *kv)

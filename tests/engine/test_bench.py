@@ -98,7 +98,7 @@ def test_replay_times_follow_step_records(tiny_model, scheduler):
         tiny_model,
         device="cpu",
         dtype="float32",
-        scheduler=scheduler,
+        scheduling_policy=scheduler,
         max_num_batched_tokens=32,
         layered_group_tokens=32,
         max_num_seqs=8,

@@ -7,6 +7,7 @@ that takes commands on stdin, one per line: `put REQUEST GROUP LAST FIRST_TOKEN 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import socket
@@ -15,10 +16,9 @@ import sys
 import textwrap
 import time
 
+import nixl_cu12  # noqa: F401  (installed by `make install`; missing, this file fails)
 import pytest
 import torch
-
-pytest.importorskip("nixl_cu12")
 
 from lamina_engine.transfer import (
     KVCorrupt,
@@ -244,19 +244,20 @@ def test_source_side_bookkeeping_and_full_staging_buffer():
     asyncio.run(main())
 
 
-def test_make_transport_builds_the_nixl_side_of_each_role(monkeypatch):
-    from lamina_engine.serving.config import ServeConfig
+def test_make_transport_builds_the_nixl_side_of_each_role():
+    from lamina_engine.serving.config import config_from
     from lamina_engine.serving.kv_shipping import make_transport
 
-    monkeypatch.delenv("LAMINA_NIXL_PEER", raising=False)
+    def transport(role: str, **env: str):
+        env = {"LAMINA_ROLE": role, "LAMINA_KV_BACKEND": "nixl", **env}
+        return make_transport(config_from(argparse.Namespace(), env))
+
     with pytest.raises(ValueError, match="LAMINA_NIXL_PEER=host:port"):
-        make_transport(ServeConfig(role="decode", kv_backend="nixl"))
-    monkeypatch.setenv("LAMINA_NIXL_LISTEN", "127.0.0.1:0")
+        transport("decode")
 
     async def main():
-        source = make_transport(ServeConfig(role="prefill", kv_backend="nixl"))
-        monkeypatch.setenv("LAMINA_NIXL_PEER", f"127.0.0.1:{source.address[1]}")
-        reader = make_transport(ServeConfig(role="decode", kv_backend="nixl"))
+        source = transport("prefill", LAMINA_NIXL_LISTEN="127.0.0.1:0")
+        reader = transport("decode", LAMINA_NIXL_PEER=f"127.0.0.1:{source.address[1]}")
         try:
             tensor, blob = group_blob(0, last=True, first_token=2)
             await source.put("m", 0, blob, last=True, first_token=2)

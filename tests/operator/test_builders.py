@@ -38,7 +38,7 @@ def test_prefill_command_line_and_resources(gpu_spec):
     c = _container(dep)
     assert c["command"] == ["lamina"]
     assert c["args"] == [
-        "serve", "--role", "prefill", "--model", "Qwen/Qwen3-30B-A3B", "--revision", "main",
+        "serve", "--role", "prefill", "--model", "hf://Qwen/Qwen3-30B-A3B@main",
         "--served-model-name", "qwen3-30b-a3b", "--host", "0.0.0.0", "--port", "8000",
         "--max-model-len", "32768",
     ]  # fmt: skip
@@ -84,9 +84,9 @@ def test_engine_config_map_carries_settings(gpu_spec):
     built = _children(gpu_spec)
     data = built[("ConfigMap", "qwen-engine")].manifest["data"]
     assert data["LAMINA_SCHEDULING_POLICY"] == "layered"
-    assert data["LAMINA_COHORT_TOKEN_BUDGET"] == "8192"
-    assert data["LAMINA_SPEED"] == "true"
+    assert data["LAMINA_LAYERED_BUDGET"] == "8192"
     assert data["LAMINA_SPEED_PREFILL_LAYERS"] == "36"
+    assert data["LAMINA_SPEED_ANCHORS"] == "1"
     assert data["LAMINA_KV_BACKEND"] == "redis"
     assert data["LAMINA_KV_REDIS_URL"] == "redis://redis.kv.svc:6379/0"
     assert all(isinstance(v, str) for v in data.values())
@@ -135,6 +135,22 @@ def test_labels_selector_and_owner(gpu_spec):
         "lamina.dev/role": "decode",
     }
     assert dep["spec"]["template"]["metadata"]["labels"]["lamina.dev/role"] == "decode"
+
+
+def test_config_map_translates_crd_names_to_engine_settings(minimal_spec):
+    minimal_spec["engine"] = {
+        "scheduling": {"tokenBudget": 64, "maxNumSeqs": 256, "maxLayerGroups": 4},
+        "speed": {"enabled": True, "prefillLayersPercent": 75, "anchorTokens": 0},
+    }
+    data = _children(minimal_spec)[("ConfigMap", "qwen-engine")].manifest["data"]
+    # a budget below max_num_seqs is raised to it: every running request decodes each step
+    assert data["LAMINA_MAX_NUM_BATCHED_TOKENS"] == "256"
+    assert data["LAMINA_LAYERED_MAX_GROUPS"] == "4"
+    assert data["LAMINA_SPEED_PREFILL_LAYERS"] == "0.75"  # a fraction: the engine reads 0.75 * L
+    assert data["LAMINA_SPEED_ANCHORS"] == "0"
+    # identity and the router's backends travel as flags only; the source became --model
+    for gone in ("LAMINA_MODEL_SOURCE", "LAMINA_SERVED_MODEL_NAME", "LAMINA_PREFILL_SERVICE"):
+        assert gone not in data
 
 
 def test_pvc_source_is_mounted_read_only(minimal_spec):

@@ -12,7 +12,7 @@ from lamina_engine.transfer.wire import HEADER_SIZE
 
 # tiny_model: L = 4 layers, 2 KV heads of 24 dims, fp32
 L, K, WIDTH, FP32 = 4, 2, 2 * 24, 4
-SPEED = dict(speed=True, speed_prefill_layers=K, speed_anchor_tokens=1)
+SPEED = dict(speed_prefill_layers=K, speed_anchors=1)
 PROMPT = "SPEED ships the lower layers of every prompt token, the upper only of a few."
 
 

@@ -88,12 +88,14 @@ def test_backend_specs(tmp_path):
 def test_flags_override_environment():
     parser = argparse.ArgumentParser()
     add_serve_args(parser)
-    env = {"LAMINA_MAX_NUM_SEQS": "8", "LAMINA_KV_BACKEND": "local", "LAMINA_SPEED": "true",
-           "LAMINA_SERVED_MODEL_NAME": "from-env", "LAMINA_KV_REDIS_PASSWORD": "s3cret"}  # fmt: skip
+    env = {"LAMINA_MAX_NUM_SEQS": "8", "LAMINA_KV_BACKEND": "local",
+           "LAMINA_SPEED_PREFILL_LAYERS": "0.5", "LAMINA_SERVED_MODEL_NAME": "from-env",
+           "LAMINA_KV_REDIS_PASSWORD": "s3cret"}  # fmt: skip
     cfg = config_from(parser.parse_args(["--role", "decode", "--max-num-seqs", "4"]), env)
-    assert (cfg.role, cfg.max_num_seqs, cfg.kv_backend, cfg.speed) == ("decode", 4, "local", True)
+    got = (cfg.role, cfg.engine.max_num_seqs, cfg.kv_backend, cfg.engine.speed.prefill_layers)
+    assert got == ("decode", 4, "local", 0.5)
     assert cfg.model_name == "from-env" and "s3cret" not in repr(cfg)
-    with pytest.raises(ValueError, match="kv_backend"):
+    with pytest.raises(ValueError, match="LAMINA_KV_BACKEND"):
         config_from(parser.parse_args([]), {"LAMINA_KV_BACKEND": "tcp"})
 
 

@@ -176,7 +176,7 @@ def run_sweep(args, model: str) -> dict:
                 settings = dict(
                     dtype=args.dtype,
                     device=args.device,
-                    scheduler=cfg["scheduler"],
+                    scheduling_policy=cfg["scheduler"],
                     max_num_seqs=max_seqs,
                     max_num_batched_tokens=cfg["chunk"],
                     layered_budget=args.layered_budget,

@@ -19,43 +19,6 @@ DRAIN_TIMEOUT_S = 60
 log = logging.getLogger(__name__)
 
 
-def engine_config(config: ServeConfig):
-    """The EngineConfig of an engine pod."""
-    from lamina_engine.config import EngineConfig
-    from lamina_engine.demo import demo_model_path
-
-    values = dict(
-        model=config.model or str(demo_model_path()),
-        dtype=config.dtype,
-        device=config.device,
-        scheduler=config.scheduling_policy,
-        max_num_seqs=config.max_num_seqs,
-        max_num_batched_tokens=max(config.token_budget, config.max_num_seqs),
-        layered_budget=config.cohort_token_budget,
-        layered_max_groups=config.max_layer_groups,
-        layered_group_tokens=config.layered_group_tokens,
-        block_size=config.block_size,
-        num_gpu_blocks=config.num_gpu_blocks,
-        max_model_len=config.max_model_len,
-    )
-    if config.speed:
-        from lamina_engine.speed_config import SpeedConfig
-
-        layers = config.speed_prefill_layers
-        if layers is None and config.speed_prefill_layers_percent is not None:
-            layers = config.speed_prefill_layers_percent / 100.0
-        if layers is None:
-            raise ValueError(
-                "LAMINA_SPEED is on but neither LAMINA_SPEED_PREFILL_LAYERS nor "
-                "LAMINA_SPEED_PREFILL_LAYERS_PERCENT says how deep prompts run; set one"
-            )
-        speed = {"prefill_layers": layers}
-        if config.speed_anchor_tokens is not None:
-            speed["anchors"] = config.speed_anchor_tokens
-        values["speed"] = SpeedConfig(**speed)
-    return EngineConfig(**values)
-
-
 def build_server(config: ServeConfig, local_store=None):
     """The server object of `config.role` (it has `.app` and `.draining`)."""
     if config.role == "router":
@@ -65,8 +28,7 @@ def build_server(config: ServeConfig, local_store=None):
     from lamina_engine.engine import Engine
     from lamina_engine.serving.engine_server import EngineServer
 
-    cfg = engine_config(config)
-    return EngineServer(config, lambda: Engine(cfg), local_store=local_store)
+    return EngineServer(config, lambda: Engine(config.engine), local_store=local_store)
 
 
 class DrainingServer(uvicorn.Server):

@@ -46,16 +46,14 @@ def make_transport(config: ServeConfig, local_store=None) -> KVTransport:
 
         return LocalKVTransport(config.deployment, store=local_store, ttl_s=config.kv_ttl_seconds)
     if config.kv_backend == "nixl":
-        import os
-
         from lamina_engine.transfer.nixl_backend import NixlKVTransport
 
         # Pair topology: a prefill pod serves its blobs on LAMINA_NIXL_LISTEN, a decode pod
         # reads from the one prefill named by LAMINA_NIXL_PEER (host:port).
         if config.role == "prefill":
-            listen = os.environ.get("LAMINA_NIXL_LISTEN", "0.0.0.0:5601")
+            listen = config.nixl_listen
             return NixlKVTransport(config.deployment, listen=listen, ttl_s=config.kv_ttl_seconds)
-        peer = os.environ.get("LAMINA_NIXL_PEER")
+        peer = config.nixl_peer
         if not peer:
             raise ValueError(
                 "LAMINA_KV_BACKEND=nixl on a decode pod needs LAMINA_NIXL_PEER=host:port, the "

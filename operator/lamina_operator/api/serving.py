@@ -105,6 +105,11 @@ class SpeedSpec(KubeModel):
             raise ValueError(
                 "set either speed.prefillLayers (a count) or speed.prefillLayersPercent, not both"
             )
+        if self.enabled and self.prefill_layers is None and self.prefill_layers_percent is None:
+            raise ValueError(
+                "speed.enabled is true but no cutoff is set: give speed.prefillLayers (a layer "
+                "count) or speed.prefillLayersPercent (e.g. 75)"
+            )
         return self
 
 

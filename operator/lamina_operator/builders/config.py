@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from ..api import ServingDeploymentSpec
-from ..constants import ENGINE_PORT, REDIS_PORT
+from ..constants import REDIS_PORT
 from .names import Owner, child_name, config_map_name, metadata, service_host
 
 
@@ -28,30 +28,34 @@ def redis_url(owner: Owner, spec: ServingDeploymentSpec) -> str | None:
 
 
 def engine_env(owner: Owner, spec: ServingDeploymentSpec) -> dict[str, str]:
-    """LAMINA_* settings for `lamina serve` (all string values; ConfigMap data)."""
+    """LAMINA_* settings for `lamina serve` (all string values; ConfigMap data).
+
+    The names are the engine's (`lamina serve --help` lists each flag with its variable); the
+    CRD keeps its own user-facing names, and this is the one place that translates them.
+    Per-process identity (role, model, served name, port, the router's backends) goes in flags.
+    """
     sched, speed, kv = spec.engine.scheduling, spec.engine.speed, spec.engine.kv_transfer
     env = {
         "LAMINA_DEPLOYMENT": owner.name,
-        "LAMINA_SERVED_MODEL_NAME": spec.model.name,
-        "LAMINA_MODEL_SOURCE": spec.model.source,
         "LAMINA_DTYPE": spec.model.dtype,
         "LAMINA_SCHEDULING_POLICY": sched.policy,
-        "LAMINA_TOKEN_BUDGET": str(sched.token_budget),
-        "LAMINA_COHORT_TOKEN_BUDGET": str(sched.cohort_token_budget),
-        "LAMINA_MAX_LAYER_GROUPS": str(sched.max_layer_groups),
+        # Every running request decodes one token per step, so the engine needs a step budget
+        # of at least max_num_seqs; a smaller tokenBudget is raised to it.
+        "LAMINA_MAX_NUM_BATCHED_TOKENS": str(max(sched.token_budget, sched.max_num_seqs)),
+        "LAMINA_LAYERED_BUDGET": str(sched.cohort_token_budget),
+        "LAMINA_LAYERED_MAX_GROUPS": str(sched.max_layer_groups),
         "LAMINA_MAX_NUM_SEQS": str(sched.max_num_seqs),
         "LAMINA_BLOCK_SIZE": str(sched.block_size),
-        "LAMINA_SPEED": "true" if speed.enabled else "false",
-        "LAMINA_SPEED_ANCHOR_TOKENS": str(speed.anchor_tokens),
         "LAMINA_KV_BACKEND": kv.backend,
         "LAMINA_KV_TTL_SECONDS": str(kv.ttl_seconds),
-        "LAMINA_PREFILL_SERVICE": f"{service_host(owner, 'prefill')}:{ENGINE_PORT}",
-        "LAMINA_DECODE_SERVICE": f"{service_host(owner, 'decode')}:{ENGINE_PORT}",
     }
-    if speed.enabled and speed.prefill_layers is not None:
-        env["LAMINA_SPEED_PREFILL_LAYERS"] = str(speed.prefill_layers)
-    if speed.enabled and speed.prefill_layers_percent is not None:
-        env["LAMINA_SPEED_PREFILL_LAYERS_PERCENT"] = str(speed.prefill_layers_percent)
+    if speed.enabled:
+        # the engine reads an int as a layer count K and a float as a fraction of the layers
+        if speed.prefill_layers is not None:
+            env["LAMINA_SPEED_PREFILL_LAYERS"] = str(speed.prefill_layers)
+        elif speed.prefill_layers_percent is not None:
+            env["LAMINA_SPEED_PREFILL_LAYERS"] = str(speed.prefill_layers_percent / 100)
+        env["LAMINA_SPEED_ANCHORS"] = str(speed.anchor_tokens)
     url = redis_url(owner, spec)
     if url is not None:
         env["LAMINA_KV_REDIS_URL"] = url

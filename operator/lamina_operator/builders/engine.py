@@ -1,11 +1,13 @@
 """Prefill, decode and router Deployments: `lamina serve --role ROLE` with the engine settings.
 
 Command line of every role (flags the engine's `lamina serve` accepts):
-    lamina serve --role prefill|decode|router --model M [--revision R]
+    lamina serve --role prefill|decode|router --model M
                  --served-model-name NAME --host 0.0.0.0 --port 8000 [router flags] [extraArgs]
 Router flags: --prefill-service HOST:PORT --decode-service HOST:PORT --prefill-picker P
               --decode-picker D --disaggregation-min-prompt-tokens N --load-decay-seconds S
-Everything else comes from the engine ConfigMap as LAMINA_* variables (see config.py).
+Everything else comes from the engine ConfigMap as LAMINA_* variables (see config.py); each
+flag and variable is a setting of the engine's ServeConfig, and
+tests/test_operator_engine_contract.py parses what these builders write with the engine's CLI.
 """
 
 from __future__ import annotations

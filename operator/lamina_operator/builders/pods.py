@@ -62,13 +62,11 @@ def probes(startup_budget_seconds: int) -> dict[str, Any]:
 def model_location(source: str) -> tuple[list[str], dict[str, Any] | None]:
     """`lamina serve` flags naming the checkpoint, and the PVC volume it needs (if any).
 
-    hf://org/name@rev -> --model org/name --revision rev; s3://... -> --model s3://... (the
-    engine downloads into the cache); pvc://claim/path -> --model /models/path, claim mounted.
+    pvc://claim/path -> --model /models/path, the claim mounted read-only. hf:// and s3://
+    sources go to the engine as they are (--model hf://org/name@rev): it cannot fetch them yet
+    and says so at start, rather than read a folder that happens to share the repo's name.
     """
     scheme, rest = source.split("://", 1)
-    if scheme == "hf":
-        repo, _, revision = rest.partition("@")
-        return ["--model", repo] + (["--revision", revision] if revision else []), None
     if scheme == "pvc":
         claim, _, path = rest.partition("/")
         volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
@@ -97,14 +95,10 @@ def volumes(model_volume: dict[str, Any] | None, shm: bool) -> tuple[list, list]
 
 
 def base_env(password: tuple[str, str] | None) -> list[dict[str, Any]]:
-    """Env every engine container gets besides the ConfigMap: identity, cache dirs, password."""
+    """Env every engine container gets besides the ConfigMap: identity, cache dirs, password.
+    Every LAMINA_* name is a `lamina serve` setting (tests/test_operator_engine_contract.py)."""
     env: list[dict[str, Any]] = [
         {"name": "LAMINA_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {
-            "name": "LAMINA_POD_NAMESPACE",
-            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
-        },
-        {"name": "LAMINA_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
