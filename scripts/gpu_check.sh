@@ -33,7 +33,7 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
 tests_rc=0
 timeout 300 "$PY" -m pytest -q -p no:cacheprovider -m gpu \
   tests/engine/kernels/test_fused_moe.py tests/engine/kernels/test_decode_attention.py \
-  tests/engine/kernels/test_kv_store_rmsnorm.py \
+  tests/engine/kernels/test_kv_store_rmsnorm.py tests/engine/kernels/test_prefill_attention.py \
   --junitxml "$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.txt" || tests_rc=$?
 
 bench_rc=0
