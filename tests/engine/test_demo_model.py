@@ -10,11 +10,10 @@ import re
 
 import pytest
 import torch
+import transformers
 from safetensors import safe_open
 
 from lamina_engine.demo import demo_model_path
-
-transformers = pytest.importorskip("transformers")
 
 MAX_CHECKPOINT_BYTES = 20 * 2**20
 # A "dictionary-like" word: letters, optionally with inner apostrophes or hyphens (don't, well-read),

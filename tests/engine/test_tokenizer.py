@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import transformers
 
 from lamina_engine.chat_template import ChatTemplateError
 from lamina_engine.tokenizer import Tokenizer
@@ -57,7 +58,6 @@ def qwen(qwen_dir) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def hf_qwen(qwen_dir):
-    transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(qwen_dir)
 
 
@@ -242,7 +242,6 @@ def llama_dir() -> Path:
 
 
 def test_llama32_bos_and_decode_match_transformers(llama_dir):
-    transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(llama_dir)
     tok = Tokenizer.from_pretrained(llama_dir)
     assert tok.bos_token_id == 128000 and tok.eos_token_ids == {128001}
