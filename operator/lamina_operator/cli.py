@@ -4,6 +4,7 @@
                         [--metrics-port 9090]
                         [--peering NAME | --standalone] [--priority N] [--verbose]
     lamina-operator crds [--output DIR] [--check]
+    lamina-operator bench autoscale [--traces ...] [--out DIR] [--plots DIR]
 
 `run` uses in-cluster credentials inside a pod, else the current kubeconfig context.
 """
@@ -14,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .autoscaling.sim import cli as autoscale_bench
 from .constants import PEERING_NAME
 
 
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "--check", action="store_true",
         help="with --output: exit 1 if the files in DIR differ from the models (write nothing)",
     )  # fmt: skip
+    autoscale_bench.add_parser(sub)
     return parser
 
 
@@ -122,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "crds":
         return _crds(args.output, args.check)
+    if args.command == "bench":
+        return autoscale_bench.main(args)
     return _run(args)
 
 

@@ -166,7 +166,10 @@ def test_scale_down_takes_highest_recommendation_over_window():
         replicas = d.pools["decode"].desired
         got.append(replicas)
         reasons.append(d.reason)
-    assert got == [6, 6, 6, 2, 2]  # AIBrix's minimum-over-window would give [6, 2, 2, 2, 2]
+    # 3, not 2: KV alone would allow ceil(6 * 0.25 / 0.8) = 2, but TBT (0.02 s of 0.05) is
+    # projected linearly onto fewer pods, ceil(6 * 0.4) = 3. AIBrix's minimum-over-window would
+    # have given [6, 3, 3, 3, 3].
+    assert got == [6, 6, 6, 3, 3]
     assert reasons[1] == "Stabilizing" and reasons[3] == "ScaledDown"
 
 
@@ -286,3 +289,29 @@ def test_backlog_target_follows_ttft_or_its_own_field():
     assert policy().backlog_target_seconds == 0.25
     assert policy(targetPrefillBacklogMilliseconds=800).backlog_target_seconds == 0.8
     assert AutoscalingPolicySpec().backlog_target_seconds == 1.0
+
+
+def test_latency_that_is_service_time_does_not_scale():
+    # Long prompts take 1 s to compute on an idle pod: TTFT 1 s against 0.5 s is the service
+    # time itself (nothing waits, pods 20% busy), so more pods would not help.
+    last = HistoryEntry(0, {"prefill": 2, "decode": 2}, {"prefill": 2, "decode": 2},
+                        prefill_capacity=2400.0, prefill_queued=0.0)  # fmt: skip
+    idle = obs(15, prefill(2, ttft=1.0, rate=960.0), decode(2, kv=0.75))
+    d = decide(policy(), idle, [last])
+    assert d.pools["prefill"].desired == 2
+    assert "(not load-bound)" in d.message()
+    busy = obs(15, prefill(2, ttft=1.0, rate=4000.0), decode(2, kv=0.75))
+    assert decide(policy(), busy, [last]).pools["prefill"].desired > 2
+
+
+def test_learned_capacity_sizes_prefill_from_arrivals():
+    # 2400 tok/s per pod was seen saturated; prompts arrive at 4000 tok/s computed + 1000 tok/s
+    # of growing backlog (15000 tokens in 15 s): utilisation 5000 / 4800 of the 2 pods.
+    last = HistoryEntry(0, {"prefill": 2, "decode": 2}, {"prefill": 2, "decode": 2},
+                        prefill_capacity=2400.0, prefill_queued=0.0)  # fmt: skip
+    o = obs(15, prefill(2, ttft=0.3, rate=4000.0, queued=15_000.0), decode(2, kv=0.75))
+    d = decide(policy(), o, [last])
+    util = next(s for s in d.pools["prefill"].signals if s.name == "utilization")
+    assert util.value == pytest.approx(5000 / 4800)
+    # the backlog (15000 tokens = 3.1 s of 2 pods) asks for 25; maxStep 4 allows 6
+    assert d.pools["prefill"].recommended == 25 and d.pools["prefill"].desired == 6

@@ -25,7 +25,14 @@ from ..api import AutoscalingPolicySpec
 from .constraints import enforce_budget, enforce_ratio, gpus
 from .decision import Decision, HistoryEntry, PoolDecision
 from .observation import POOLS, Observation
-from .signals import PoolSignals, decode_signals, prefill_capacity, prefill_signals, recommend
+from .signals import (
+    PoolSignals,
+    decode_signals,
+    prefill_capacity,
+    prefill_queued,
+    prefill_signals,
+    recommend,
+)
 
 
 def _stabilize(
@@ -94,7 +101,7 @@ def decide(
     fixed = set(manual_since)
     capacity = prefill_capacity(obs, capacity)
     signals = {
-        "prefill": prefill_signals(obs, policy, capacity),
+        "prefill": prefill_signals(obs, policy, capacity, last),
         "decode": decode_signals(obs, policy),
     }
     raw: dict[str, PoolSignals] = {}
@@ -164,6 +171,7 @@ def decide(
         manual_changes=tuple(changed),
         manual_since=manual_since,
         prefill_capacity=capacity,
+        prefill_queued=prefill_queued(obs),
         notes=notes,
     )
 

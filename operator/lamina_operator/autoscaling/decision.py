@@ -18,14 +18,19 @@ class Signal:
     name: str  # ttft, tbt (latency, seconds); backlog (seconds); utilization, kv (0..1)
     value: float
     target: float
-    latency: bool  # latency signals only push up (they do not scale with replicas)
+    latency: bool
+    pods: int  # the pods `value` is spread over: replicas needed = ceil(pods * ratio)
+    # A latency is acted on only while queueing shows in the pool (work waits, batches are
+    # more than one): otherwise it is the service time itself and more pods cannot lower it.
+    actionable: bool = True
 
     @property
     def ratio(self) -> float:
         return self.value / self.target if self.target > 0 else 0.0
 
     def describe(self) -> str:
-        return f"{self.name}={self.value:.3g}/{self.target:.3g}"
+        flag = "" if self.actionable else "(not load-bound)"
+        return f"{self.name}={self.value:.3g}/{self.target:.3g}{flag}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class HistoryEntry:
     applied: dict[str, int] | None  # replicas written per pool; None when nothing was written
     manual_since: dict[str, float] = field(default_factory=dict)  # pool -> yield hold start
     prefill_capacity: float | None = None  # tokens/s one prefill pod computes when saturated
+    prefill_queued: float | None = None  # waiting prompt tokens then (for the arrival rate)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class Decision:
     manual_changes: tuple[str, ...] = ()  # pools whose replicas someone else changed just now
     manual_since: dict[str, float] = field(default_factory=dict)
     prefill_capacity: float | None = None
+    prefill_queued: float | None = None
     notes: tuple[str, ...] = ()  # deployment-wide clamps (budget, ratio) and metric problems
 
     @property
@@ -102,4 +109,5 @@ class Decision:
             applied=self.desired() if applied else None,
             manual_since=dict(self.manual_since),
             prefill_capacity=self.prefill_capacity,
+            prefill_queued=self.prefill_queued,
         )

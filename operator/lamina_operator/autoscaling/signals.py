@@ -1,18 +1,29 @@
 """Per-pool signals and the raw recommendation they give (before windows, bounds and budget).
 
-Prefill is driven by TTFT (warm pods' percentile), its backlog (queued prompt tokens in seconds
-of the pool's measured prefill rate) and its utilisation (that rate over the learned per-pod
-capacity). Decode by TBT (warm pods' percentile) and KV demand (KV utilisation, scaled up by the
-requests waiting for a decode slot). Work queued at the router is charged to the pool that will
-do it.
+Prefill signals:
+- ttft: the warm pods' TTFT percentile vs the target;
+- utilization: prompt-token arrival rate (computed rate + growth of the waiting prompts since
+  the last evaluation) over the capacity of the ready and starting pods, vs 70% (an M/D/c
+  prefill queue waits about one service time there). Capacity per pod is learned: the highest
+  per-pod rate seen while that pod had a backlog (it was busy all interval);
+- backlog: waiting prompt tokens (pods + router) in seconds of the ready and starting pods'
+  capacity (their measured rate until a capacity is known), vs targetPrefillBacklog.
+Decode signals:
+- tbt: the warm pods' TBT percentile vs the target;
+- kv: KV utilisation scaled up by the requests waiting for a decode slot, vs the KV target.
 
-The rule, per pool (HPA's, with latency kept out of scale-down):
-- up when any signal's ratio exceeds 1 + tolerance: ceil(ready * ratio). The ratio was measured
-  on the ready pods, so pods still starting count as capacity on the way: while a pool has
-  starting pods its latency signals (which cannot reflect them yet) do not scale it further;
-- down when every latency signal is under 1 - tolerance and the load ratios are too:
-  ceil(ready * load ratio), i.e. the fewest pods that keep each load at its target. Without a
-  load estimate (prefill that has never been saturated) it steps down by one;
+The rule, per pool, is the HPA's over several metrics (the largest recommendation wins):
+- up when any usable signal's ratio exceeds 1 + tolerance: ceil(pods * ratio), `pods` being
+  what the signal was measured over, compared with the replicas already asked for. Latencies
+  are measured on the warm pods only, load signals spread over the ready and starting pods:
+  either way pods starting or warming up count as capacity on its way. While a pool has such
+  pods only the flow signals (utilization, kv) can scale it further: latencies and the backlog
+  cannot show those pods before they serve, so one burst gives one scale-up;
+- a latency is usable only while queueing shows (prefill: prompts waiting, or the pods at least
+  half busy; decode: batches of two or more): otherwise it is the service time itself, which
+  more pods cannot lower;
+- down when every usable signal is under 1 - tolerance: ceil(pods * largest ratio), the
+  backlog left out (a stock, not a flow: zero says nothing about the pods the flow needs);
 - otherwise hold.
 """
 
@@ -22,12 +33,16 @@ import math
 from dataclasses import dataclass
 
 from ..api import AutoscalingPolicySpec
-from .decision import Signal
+from .decision import HistoryEntry, Signal
 from .observation import Observation, PoolObservation, count, merge, quantile
 
 # A per-pod backlog (prompt tokens) above which the pod is busy all interval: its prefill rate
 # then measures its capacity. One chunk's worth; below that the rate measures demand.
 SATURATED_BACKLOG_TOKENS = 512.0
+PREFILL_UTILIZATION_TARGET = 0.7
+BUSY = 0.5  # prefill utilisation from which prompts wait at times (TTFT is load-bound)
+# While pods start or warm up, these cannot show the capacity on its way (the flows can).
+SETTLING_EXCLUDED = ("backlog", "ttft", "tbt")
 
 
 @dataclass(frozen=True)
@@ -35,25 +50,28 @@ class PoolSignals:
     signals: tuple[Signal, ...]
     recommended: int
     note: str  # why the recommendation is what it is, one CamelCase word
-    starting_credit: bool = False  # latency asked for more but pods are starting
+    starting_credit: bool = False  # more was asked for, but pods on their way cover it
 
 
 def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
 
 
-def _warm(pool: PoolObservation, policy: AutoscalingPolicySpec):
-    return [p for p in pool.pods if p.ready_seconds >= policy.warmup_seconds]
-
-
-def _latency(name: str, pool, policy, target) -> list[Signal]:
+def _latency(name: str, pool: PoolObservation, policy, target, actionable: bool) -> list[Signal]:
     if target is None:
         return []
-    hist = merge([getattr(p, name) for p in _warm(pool, policy)])
+    warm = [p for p in pool.pods if p.ready_seconds >= policy.warmup_seconds]
+    hist = merge([getattr(p, name) for p in warm])
     if count(hist) <= 0:
         return []
     value = quantile(target.percentile / 100, hist)
-    return [Signal(name, value, target.target_milliseconds / 1000, latency=True)]
+    # Only the warm pods were measured: the pods warming up or starting are capacity on its way.
+    return [Signal(name, value, target.target_milliseconds / 1000, True, len(warm), actionable)]
+
+
+def prefill_queued(obs: Observation) -> float:
+    pods = obs.pools["prefill"].pods
+    return sum(p.queued_prefill_tokens for p in pods) + obs.router.queued_prefill_tokens
 
 
 def prefill_capacity(obs: Observation, previous: float | None) -> float | None:
@@ -66,35 +84,52 @@ def prefill_capacity(obs: Observation, previous: float | None) -> float | None:
 
 
 def prefill_signals(
-    obs: Observation, policy: AutoscalingPolicySpec, capacity: float | None
+    obs: Observation,
+    policy: AutoscalingPolicySpec,
+    capacity: float | None,
+    last: HistoryEntry | None,
 ) -> list[Signal]:
     pool = obs.pools["prefill"]
-    out = _latency("ttft", pool, policy, policy.ttft)
-    queued = sum(p.queued_prefill_tokens for p in pool.pods) + obs.router.queued_prefill_tokens
+    queued = prefill_queued(obs)
     rate = sum(p.prefill_tokens_per_second for p in pool.pods)
-    if rate > 0:
-        out.append(Signal("backlog", queued / rate, policy.backlog_target_seconds, latency=False))
-    elif queued > 0:  # work waits and nothing computes it: as short as can be
-        out.append(Signal("backlog", math.inf, policy.backlog_target_seconds, latency=False))
-    if capacity and pool.ready:
-        # 70%: an M/D/c prefill queue waits about one service time at this utilisation.
-        out.append(Signal("utilization", rate / (capacity * pool.ready), 0.7, latency=False))
+    pods = pool.ready + pool.starting
+    # Load-bound: prompts wait now, or the pods are busy enough for them to wait at times (the
+    # waiting gauge is one instant), or there is no capacity estimate to tell.
+    busy = not capacity or not pool.ready or rate / (capacity * pool.ready) >= BUSY
+    out = _latency("ttft", pool, policy, policy.ttft, actionable=queued > 0 or busy)
+    # Seconds the pods need for the waiting prompts: at their capacity once it is known, else
+    # at the rate they computed (lower while they are not saturated: errs towards more pods).
+    speed = capacity * pods if capacity else rate
+    backlog_target = policy.backlog_target_seconds
+    if speed > 0:
+        out.append(Signal("backlog", queued / speed, backlog_target, False, pods))
+    elif queued > 0:  # work waits and nothing computes it
+        out.append(Signal("backlog", 2 * backlog_target, backlog_target, False, max(pods, 1)))
+    if capacity and pods:
+        demand = rate
+        if last is not None and last.prefill_queued is not None and obs.now > last.time:
+            demand = max(0.0, rate + (queued - last.prefill_queued) / (obs.now - last.time))
+        util = demand / (capacity * pods)
+        out.append(Signal("utilization", util, PREFILL_UTILIZATION_TARGET, False, pods))
     return out
 
 
 def decode_signals(obs: Observation, policy: AutoscalingPolicySpec) -> list[Signal]:
     pool = obs.pools["decode"]
-    out = _latency("tbt", pool, policy, policy.tbt)
+    running = sum(p.running for p in pool.pods)
+    batched = pool.ready > 0 and running / pool.ready >= 2
+    out = _latency("tbt", pool, policy, policy.tbt, actionable=batched)
     if pool.ready and pool.pods:
+        target = policy.target_kv_utilization_percent / 100
         kv = sum(p.kv_utilization for p in pool.pods) / len(pool.pods)
-        running = sum(p.running for p in pool.pods)
         waiting = sum(p.waiting_requests for p in pool.pods) + obs.router.queued_decode_requests
         if waiting and running:
             kv *= (running + waiting) / running  # each waiting request needs a running one's KV
-        elif waiting:
-            kv = math.inf
-        target = policy.target_kv_utilization_percent / 100
-        out.append(Signal("kv", kv, target, latency=False))
+        elif waiting:  # requests wait and none runs: KV per request unknown, ask for double
+            kv = max(kv, 2 * target)
+        # the demand of the ready pods, spread over them and the pods on their way
+        pods = pool.ready + pool.starting
+        out.append(Signal("kv", kv * pool.ready / pods, target, False, pods))
     return out
 
 
@@ -102,40 +137,31 @@ def recommend(
     pool: PoolObservation, signals: list[Signal], policy: AutoscalingPolicySpec
 ) -> PoolSignals:
     tol = policy.tolerance_percent / 100
-    current, ready = pool.desired, pool.ready
+    current = pool.desired
     frozen = tuple(signals)
-    if ready == 0:
+    if pool.ready == 0:
         # Nothing measured on ready pods. Work waiting with no pod at all (scaled to zero) wakes
         # the pool; otherwise wait for the starting pods.
         wants = any(s.ratio > 1 + tol for s in signals if not s.latency)
         if current == 0 and wants:
             return PoolSignals(frozen, 1, "WakeUp")
         return PoolSignals(frozen, current, "NoReadyPods")
-    usable = [s for s in signals if not (s.latency and pool.starting)]
-    up = max((s.ratio for s in usable), default=0.0)
-    if up > 1 + tol:
-        rec = max(current, _ceil(ready * min(up, 1000.0)))
+    settling = pool.starting > 0 or any(p.ready_seconds < policy.warmup_seconds for p in pool.pods)
+    usable = [s for s in signals if s.actionable and not (settling and s.name in SETTLING_EXCLUDED)]
+    up = max(usable, key=lambda s: s.ratio, default=None)
+    if up is not None and up.ratio > 1 + tol:
+        rec = max(current, _ceil(up.pods * min(up.ratio, 1000.0)))
         if rec > current:
             return PoolSignals(frozen, rec, "Short")
-        if pool.starting:  # the pods on their way already cover it
-            return PoolSignals(frozen, current, "StartingPods", starting_credit=True)
-    credited = pool.starting > 0 and any(s.ratio > 1 + tol for s in signals if s.latency)
-    if credited:
         return PoolSignals(frozen, current, "StartingPods", starting_credit=True)
-    latency_ok = all(s.ratio < 1 - tol for s in signals if s.latency)
-    loads = [s.ratio for s in signals if not s.latency]
-    if not latency_ok or any(r >= 1 - tol for r in loads):
-        return PoolSignals(frozen, current, "WithinTolerance")
-    if not signals:
+    if settling and any(s.actionable and s.ratio > 1 + tol for s in signals):
+        return PoolSignals(frozen, current, "StartingPods", starting_credit=True)
+    if up is None:
         return PoolSignals(frozen, current, "NoSignals")
-    if not any(s.latency for s in signals) and not signals_named(signals, "utilization"):
-        return PoolSignals(frozen, current, "NoSignals")  # e.g. every pod still warming up
-    if len(loads) == 0 or (len(loads) == 1 and signals_named(signals, "backlog")):
-        # Latency is comfortable and nothing queues, but there is no utilisation estimate
-        # to size the pool by: remove one pod at a time (windows and maxStep still apply).
-        return PoolSignals(frozen, max(current - 1, 0), "StepDown")
-    return PoolSignals(frozen, min(current, _ceil(ready * max(loads))), "Idle")
-
-
-def signals_named(signals: list[Signal], name: str) -> bool:
-    return any(s.name == name for s in signals)
+    sizing = [s for s in usable if s.name != "backlog"]
+    if not sizing:
+        return PoolSignals(frozen, current, "NoSignals")
+    if up.ratio >= 1 - tol:
+        return PoolSignals(frozen, current, "WithinTolerance")
+    need = max(_ceil(s.pods * s.ratio) for s in sizing)
+    return PoolSignals(frozen, min(current, need), "Idle")
