@@ -19,7 +19,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     from lamina_engine.config import EngineConfig
     from lamina_engine.flags import add_flags
 
-    add_flags(p, EngineConfig, exclude=GENERATE_EXCLUDES, aliases=ENGINE_FLAG_ALIASES)
+    add_flags(
+        p, EngineConfig, exclude=GENERATE_EXCLUDES, aliases=ENGINE_FLAG_ALIASES, reads_env=False
+    )
 
 
 def engine_config(args: argparse.Namespace):
@@ -79,6 +81,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from lamina_engine.bench import serve_bench
 
         return serve_bench.main(args.rest)
+    if args.which == "kernels":
+        from lamina_engine.bench import kernels
+
+        return kernels.main(args.rest)
     from lamina_engine.bench import vs_hf
 
     return vs_hf.main(args.rest)
@@ -103,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a benchmark (see docs/benchmarks.md)")
     b.add_argument(
         "which",
-        choices=["vs-hf", "engine", "serve"],
+        choices=["vs-hf", "engine", "serve", "kernels"],
         help="vs-hf: throughput against HF generate(); engine: workload replay on a simulated "
-        "clock (layered vs chunked, SPEED); serve: load a running OpenAI endpoint (wall clock)",
+        "clock (layered vs chunked, SPEED); serve: load a running OpenAI endpoint (wall clock); "
+        "kernels: Triton vs torch kernels against the device's measured peaks",
     )
     b.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own flags")
     b.set_defaults(func=cmd_bench)

@@ -25,7 +25,10 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(description="Path to an HF-format checkpoint folder.")
+    model: str = Field(
+        description="HF-format checkpoint folder; on the command line the default is the "
+        "built-in demo model."
+    )
     dtype: DType = Field(
         "auto",
         description="Weight/activation dtype; auto = float32 on CPU, the checkpoint's on CUDA.",

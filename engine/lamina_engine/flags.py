@@ -79,13 +79,18 @@ class Setting:
             raise ValueError(f"expected {'an' if what[0] == 'i' else 'a'} {what}, got {text!r}")
         return raw  # str, SecretStr, Literal: the model checks the value
 
-    def describe(self) -> str:
+    def describe(self, with_env: bool = True) -> str:
+        """Help text: the description, the variable (where read) and the default."""
         default = self.info.get_default(call_default_factory=True)
         if isinstance(default, BaseModel) or default is PydanticUndefined:
             default = None
+        notes = ([f"env {self.env}"] if with_env else []) + (
+            [] if default is None else [f"default {default}"]
+        )
         text = (self.info.description or "").rstrip(".")
-        shown = "" if default is None else f"; default {default}"
-        return f"{text} (env {self.env}{shown})" if text else f"env {self.env}{shown}"
+        if not notes:
+            return text
+        return f"{text} ({'; '.join(notes)})" if text else "; ".join(notes)
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:
@@ -124,9 +129,11 @@ def add_flags(
     *,
     exclude: Iterable[str] = (),
     aliases: Mapping[str, Iterable[str]] | None = None,
+    reads_env: bool = True,
 ) -> None:
     """One flag per setting of `model` (defaults None: unset flags leave the variable or the
-    model's default in force). `aliases`: older flag names still accepted for a setting."""
+    model's default in force). `aliases`: older flag names still accepted for a setting;
+    `reads_env`: whether the command reads LAMINA_* variables (its help names them)."""
     aliases = aliases or {}
     skip = set(exclude)
     for s in settings(model):
@@ -135,7 +142,10 @@ def add_flags(
         names = [s.flag, *aliases.get(s.name, ())]
         if s.is_bool:
             parser.add_argument(
-                *names, dest=s.name, action=argparse.BooleanOptionalAction, help=s.describe()
+                *names,
+                dest=s.name,
+                action=argparse.BooleanOptionalAction,
+                help=s.describe(reads_env),
             )
             continue
         parser.add_argument(
@@ -144,7 +154,7 @@ def add_flags(
             type=_flag_type(s),
             choices=s.choices,
             default=None,
-            help=s.describe(),
+            help=s.describe(reads_env),
         )
 
 
