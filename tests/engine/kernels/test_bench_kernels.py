@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from lamina_engine.bench import kernels as bench
+from lamina_engine.cli import main
 
 
 def test_bench_kernels_writes_json_and_markdown(tmp_path):
-    assert bench.main(["--device", "cpu", "--out", str(tmp_path / "k")]) == 0
+    assert main(["bench", "kernels", "--device", "cpu", "--out", str(tmp_path / "k")]) == 0
     report = json.loads((tmp_path / "k.json").read_text())
     assert report["peaks"]["bandwidth_gbps"] > 0 and report["peaks"]["matmul_tflops"] > 0
     rows = {(r["case"], r["path"]): r for r in report["results"]}
