@@ -141,3 +141,14 @@ def test_a_source_the_engine_cannot_fetch_is_refused_before_loading(capsys):
     rc = main(["generate", "hi", "--model", "hf://Qwen/Qwen3-30B-A3B"])
     err = capsys.readouterr().err
     assert rc == 2 and "hf:// source, which this engine cannot fetch yet" in err
+
+
+def test_a_variable_lamina_serve_does_not_read_is_named_in_a_warning(caplog):
+    env = {"LAMINA_TOKEN_BUDGET": "256", "LAMINA_NOT_A_SETTING": "1", "LAMINA_MAX_NUM_SEQS": "4"}
+    with caplog.at_level("WARNING", logger="lamina_engine.serving.config"):
+        cfg = config_from(_serve_parser().parse_args([]), env)
+    assert cfg.engine.max_num_seqs == 4 and cfg.engine.max_num_batched_tokens == 512
+    warned = " | ".join(r.getMessage() for r in caplog.records)
+    assert "LAMINA_TOKEN_BUDGET is not a setting" in warned
+    assert "now LAMINA_MAX_NUM_BATCHED_TOKENS" in warned and "LAMINA_NOT_A_SETTING" in warned
+    assert "LAMINA_MAX_NUM_SEQS" not in warned

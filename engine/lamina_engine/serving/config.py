@@ -10,6 +10,7 @@ name (flags.py): `kv_backend` is `--kv-backend` / `LAMINA_KV_BACKEND`, the engin
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -17,12 +18,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from lamina_engine.config import EngineConfig
-from lamina_engine.flags import FLATTEN, add_flags, build, settings
+from lamina_engine.flags import FLATTEN, add_flags, build, env_names, settings
 
 Role = Literal["unified", "prefill", "decode", "router"]
 DEMO_MODEL_NAME = "lamina-demo"  # served name of the built-in demo model
 # Flag names of earlier releases, still accepted (the setting's own flag is derived).
 SERVE_FLAG_ALIASES = {"scheduling_policy": ["--scheduler"]}
+# Variables of earlier releases (an older operator may still write them): named in a warning.
+RENAMED = {
+    "LAMINA_TOKEN_BUDGET": "LAMINA_MAX_NUM_BATCHED_TOKENS",
+    "LAMINA_COHORT_TOKEN_BUDGET": "LAMINA_LAYERED_BUDGET",
+    "LAMINA_MAX_LAYER_GROUPS": "LAMINA_LAYERED_MAX_GROUPS",
+    "LAMINA_SPEED": "LAMINA_SPEED_PREFILL_LAYERS (set: SPEED on)",
+    "LAMINA_SPEED_PREFILL_LAYERS_PERCENT": "LAMINA_SPEED_PREFILL_LAYERS (a fraction: 0.75)",
+    "LAMINA_SPEED_ANCHOR_TOKENS": "LAMINA_SPEED_ANCHORS",
+    "LAMINA_MODEL_SOURCE": "--model / LAMINA_MODEL",
+}
+log = logging.getLogger(__name__)
 
 
 class ServeConfig(BaseModel):
@@ -102,5 +114,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 def config_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeConfig:
     """Environment first, then every flag that was given. Raises SettingsError (a ValueError)
-    naming the flag and variable of a bad value."""
-    return build(ServeConfig, args, os.environ if env is None else env)
+    naming the flag and variable of a bad value; warns of LAMINA_* variables it does not read."""
+    env = os.environ if env is None else env
+    known = env_names(ServeConfig)
+    for name in sorted(n for n in env if n.startswith("LAMINA_") and n not in known):
+        hint = f"; it is now {RENAMED[name]}" if name in RENAMED else ""
+        log.warning("%s is not a setting of lamina serve and is ignored%s", name, hint)
+    return build(ServeConfig, args, env)
