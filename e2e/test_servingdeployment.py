@@ -152,7 +152,7 @@ def test_status_reports_conditions_pools_and_endpoint(admin, minimal):
     assert status["endpoint"] in table
 
 
-def test_a_pass_with_nothing_to_do_costs_five_lists(admin, minimal, operator_kubeconfig):
+def test_a_pass_with_nothing_to_do_costs_one_list_per_kind(admin, minimal, operator_kubeconfig):
     """The reconcile pass, in this process, under the operator's identity, on the converged
     object: one list per child kind, no other read, no write (tests/operator/test_api_cost.py
     has the breakdown)."""
@@ -163,10 +163,10 @@ def test_a_pass_with_nothing_to_do_costs_five_lists(admin, minimal, operator_kub
     reconciler = Reconciler(client, ListRecorder())
     outcome = reconciler.reconcile(admin.get(SD, NAME))
     assert outcome.problems == [] and outcome.actions == []
-    assert client.calls == 6, client.calls  # 5 lists + asking once whether policy/v1 is served
+    assert client.calls == 7, client.calls  # 6 lists + asking once whether policy/v1 is served
     client.calls = 0
     assert reconciler.reconcile(admin.get(SD, NAME)).actions == []
-    assert client.calls == 5, client.calls
+    assert client.calls == 6, client.calls
 
 
 def test_events_say_what_the_operator_did(admin, minimal):

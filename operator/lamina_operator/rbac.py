@@ -46,6 +46,12 @@ RULES: list[dict[str, list[str]]] = [
         "resources": ["poddisruptionbudgets"],
         "verbs": ["get", "list", "create", "patch", "delete"],
     },
+    # The Ingress NetworkPolicy of each pool (builders/policies.py): listed, applied, pruned.
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": ["get", "list", "create", "patch", "delete"],
+    },
     # Events about what the operator did (kopf posts core/v1 Events).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

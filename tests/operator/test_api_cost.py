@@ -15,7 +15,8 @@ from lamina_operator.handlers.serving import on_child_event
 NS = "serving"
 SD = ("lamina.dev/v1alpha1", "ServingDeployment", NS)
 LISTS = [("list", kind, "") for kind in
-         ("ConfigMap", "Secret", "Service", "Deployment", "PodDisruptionBudget")]  # fmt: skip
+         ("ConfigMap", "Secret", "Service", "Deployment", "PodDisruptionBudget",
+          "NetworkPolicy")]  # fmt: skip
 LOG = logging.getLogger("test")
 
 
@@ -43,7 +44,7 @@ def test_no_op_pass_lists_each_child_kind_once(cluster, reconciler, sd_factory, 
     ]
 
 
-def test_no_op_pass_with_managed_redis_costs_five_lists(
+def test_no_op_pass_with_managed_redis_costs_one_list_per_kind(
     cluster, reconciler, sd_factory, minimal_spec
 ):
     sd_factory("demo", minimal_spec)

@@ -68,6 +68,10 @@ def test_handlers_are_registered():
             ("apps", "deployments")} <= resources  # fmt: skip
 
 
+def _plural(kind: str) -> str:
+    return kind.lower()[:-1] + "ies" if kind.endswith("y") else kind.lower() + "s"
+
+
 def _allowed(group: str, resource: str, verb: str) -> bool:
     return any(
         group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
@@ -83,11 +87,11 @@ def test_rbac_covers_every_child_the_builders_make(gpu_spec, minimal_spec):
         ):
             api_version, kind, _ = want.key
             group = api_version.rpartition("/")[0]
-            resource = kind.lower() + "s"
+            resource = _plural(kind)
             for verb in ("get", "create", "patch", "list", "delete"):
                 assert _allowed(group, resource, verb), (group, resource, verb)
     for api_version, kind in CHILD_KINDS:  # pruning lists and deletes these
-        assert _allowed(api_version.rpartition("/")[0], kind.lower() + "s", "delete")
+        assert _allowed(api_version.rpartition("/")[0], _plural(kind), "delete")
     assert _allowed("lamina.dev", "servingdeployments/status", "patch")
     assert _allowed("", "events", "create")
     assert _allowed("apps", "deployments", "watch")

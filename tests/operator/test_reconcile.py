@@ -48,7 +48,7 @@ def test_first_pass_creates_children_second_writes_nothing(
     assert created == sorted(
         [("ConfigMap", "qwen-engine")]
         + [(k, f"qwen-{r}") for r in ("prefill", "decode", "router")
-           for k in ("Deployment", "Service", "PodDisruptionBudget")]
+           for k in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy")]
     )  # fmt: skip
     before = len(cluster.writes)
     again = _pass(reconciler, "qwen")
@@ -134,6 +134,7 @@ def test_managed_redis_secret_is_kept_and_pruned_when_unused(
     deleted = sorted((a.kind, a.name) for a in outcome.actions if a.verb == "Deleted")
     assert deleted == [
         ("Deployment", "demo-redis"),
+        ("NetworkPolicy", "demo-redis"),
         ("Secret", "demo-redis-auth"),
         ("Service", "demo-redis"),
     ]
@@ -252,7 +253,13 @@ def test_status_follows_children(cluster, reconciler, sd_factory, gpu_spec, cloc
 
 
 def test_pdb_falls_back_to_v1beta1_on_old_servers(cluster, reconciler, sd_factory, minimal_spec):
-    cluster.served = {"v1", "apps/v1", "policy/v1beta1", "lamina.dev/v1alpha1"}
+    cluster.served = {
+        "v1",
+        "apps/v1",
+        "policy/v1beta1",
+        "networking.k8s.io/v1",
+        "lamina.dev/v1alpha1",
+    }
     sd_factory("demo", minimal_spec)
     assert _pass(reconciler, "demo").problems == []
     assert cluster.get("policy/v1beta1", "PodDisruptionBudget", NS, "demo-decode") is not None

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from ..constants import DEFAULT_ENGINE_IMAGE
 from .autoscaling import AutoscalingPolicySpec
 from .common import KubeModel, LocalObjectRef, PodPlacement, SecretKeyRef
+from .network import NetworkPolicySpec
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 SchedulingPolicy = Literal["chunked", "layered"]
@@ -252,6 +253,9 @@ class ServingDeploymentSpec(KubeModel):
     router: RouterSpec = Field(default_factory=RouterSpec, description="The router.")
     autoscaling: AutoscalingSpec | None = Field(
         default=None, description="Autoscaling; absent means replicas stay as written."
+    )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec, description="Who may reach the pods (Ingress)."
     )
 
     @model_validator(mode="after")

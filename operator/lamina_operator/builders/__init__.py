@@ -15,6 +15,7 @@ from .config import build_config_map, config_hash, engine_env
 from .engine import build_pool_deployment, engine_args
 from .names import Owner, child_name, labels, selector_labels
 from .network import build_pdb, build_service
+from .policies import build_network_policies, build_network_policy
 from .redis import (
     build_redis_deployment,
     build_redis_secret,
@@ -49,7 +50,8 @@ class BuildContext:
 def build_children(
     owner: Owner, spec: ServingDeploymentSpec, ctx: BuildContext | None = None
 ) -> list[Desired]:
-    """Every child, in creation order: config and Redis first, then pools, Services, PDBs."""
+    """Every child, in creation order: config and Redis first, then pools, Services, PDBs,
+    NetworkPolicies."""
     ctx = ctx or BuildContext()
     config_map = build_config_map(owner, spec)
     out = [Desired(config_map)]
@@ -64,6 +66,7 @@ def build_children(
         out.append(Desired(build_pool_deployment(owner, spec, role, digest)))
         out.append(Desired(build_service(owner, spec, role)))
         out.append(Desired(build_pdb(owner, role, ctx.pdb_api_version)))
+    out += [Desired(policy) for policy in build_network_policies(owner, spec)]
     return out
 
 
@@ -73,6 +76,8 @@ __all__ = [
     "Owner",
     "build_children",
     "build_config_map",
+    "build_network_policies",
+    "build_network_policy",
     "build_pdb",
     "build_pool_deployment",
     "build_redis_deployment",

@@ -25,7 +25,14 @@ class MemoryKubeClient:
     """Store shared by any number of "operator instances" (pass the same object to each)."""
 
     def __init__(
-        self, served: tuple[str, ...] = ("v1", "apps/v1", "policy/v1", "lamina.dev/v1alpha1")
+        self,
+        served: tuple[str, ...] = (
+            "v1",
+            "apps/v1",
+            "policy/v1",
+            "networking.k8s.io/v1",
+            "lamina.dev/v1alpha1",
+        ),  # fmt: skip
     ):
         self.objects: dict[Key, dict[str, Any]] = {}
         self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name), in order

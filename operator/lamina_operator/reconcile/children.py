@@ -1,6 +1,6 @@
 """The children of one ServingDeployment as the API server has them, listed once per pass.
 
-A pass lists each child kind once (5 calls) and reuses the result three times: apply compares
+A pass lists each child kind once (6 calls) and reuses the result three times: apply compares
 against it instead of GETting each child, prune picks from it what is no longer desired, and
 status reads the pool Deployments from it. Apply records what the server answered, so status
 sees the generation a patch just produced.
@@ -29,6 +29,7 @@ CHILD_KINDS = (
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
     ("policy/v1", PDB_KIND),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 )
 
 

@@ -79,7 +79,7 @@ class Reconciler:
     def reconcile(self, body: dict[str, Any]) -> Outcome:
         """One pass over a ServingDeployment as kopf handed it (its body is not read again).
 
-        API calls when nothing changed: one list per child kind (5), plus a GET of each object
+        API calls when nothing changed: one list per child kind (6), plus a GET of each object
         the spec references (the Redis password Secret, the AutoscalingPolicy).
         """
         meta = body["metadata"]

@@ -1,0 +1,75 @@
+"""Ingress NetworkPolicies of a ServingDeployment, one per pool (`<name>-<role>`).
+
+- router: port 8000 from `clientsFrom` (anyone when empty: it is the endpoint).
+- prefill, decode: port 8000 from this deployment's router, prefill and decode pods only, plus
+  `monitoringFrom` (Prometheus). The internal prefill endpoint and KV handles are never
+  reachable from another workload.
+- redis (managed): port 6379 from this deployment's prefill and decode pods only; the router
+  never talks to Redis.
+Only Ingress is isolated: engines still reach DNS, the API of a model store, and an external
+Redis. Kubelet probes come from the node, which CNIs that enforce NetworkPolicy allow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import ServingDeploymentSpec
+from ..constants import DEPLOYMENT_LABEL, ENGINE_PORT, REDIS_PORT, ROLE_LABEL
+from .names import Owner, child_name, metadata, selector_labels
+
+ENGINE_ROLES = ("prefill", "decode")
+# Who may open connections to each component, by role, within one deployment.
+PEERS = {
+    "prefill": ("router", "prefill", "decode"),
+    "decode": ("router", "prefill", "decode"),
+    "redis": ENGINE_ROLES,
+}
+
+
+def _pods_of(owner: Owner, roles: tuple[str, ...]) -> dict[str, Any]:
+    """A peer matching this deployment's pods of `roles` (in its own namespace)."""
+    return {
+        "podSelector": {
+            "matchLabels": {DEPLOYMENT_LABEL: owner.name},
+            "matchExpressions": [{"key": ROLE_LABEL, "operator": "In", "values": list(roles)}],
+        }
+    }
+
+
+def _policy(owner: Owner, component: str, rule: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(owner, child_name(owner, component), "network-policy", component),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": [rule],
+        },
+    }
+
+
+def build_network_policy(owner: Owner, spec: ServingDeploymentSpec, role: str) -> dict[str, Any]:
+    """The policy of one pool: router, prefill, decode or redis."""
+    net = spec.network_policy
+    port = REDIS_PORT if role == "redis" else ENGINE_PORT
+    rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": port}]}
+    if role == "router":
+        if net.clients_from:  # no `from` at all admits every source
+            rule["from"] = [peer.manifest() for peer in net.clients_from]
+    else:
+        rule["from"] = [_pods_of(owner, PEERS[role])]
+        if role in ENGINE_ROLES:
+            rule["from"] += [peer.manifest() for peer in net.monitoring_from]
+    return _policy(owner, role, rule)
+
+
+def build_network_policies(owner: Owner, spec: ServingDeploymentSpec) -> list[dict[str, Any]]:
+    """Every policy the spec wants: none when networkPolicy.enabled is false."""
+    if not spec.network_policy.enabled:
+        return []
+    roles = ["router", *ENGINE_ROLES]
+    if spec.engine.kv_transfer.managed_redis:
+        roles.append("redis")
+    return [build_network_policy(owner, spec, role) for role in roles]
