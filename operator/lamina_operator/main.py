@@ -7,7 +7,9 @@ from typing import Any
 
 import kopf
 
+from .autoscaling.autoscaler import Autoscaler
 from .constants import GROUP, MANAGED_BY, POLICY_PLURAL, SERVING_PLURAL, VERSION
+from .handlers.autoscaling import TICK_SECONDS, autoscale
 from .handlers.errors import kube_errors
 from .handlers.peering import settle_peering
 from .handlers.policy import on_policy
@@ -40,6 +42,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: 
             logger=logger,
         )
     memo.reconciler = Reconciler(client, KopfRecorder())
+    memo.autoscaler = Autoscaler(client, KopfRecorder())
 
 
 @kopf.on.resume(GROUP, VERSION, SERVING_PLURAL, id="reconcile")
@@ -76,3 +79,8 @@ def owned_deployment_event(
 def policy_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     with observe_reconcile("AutoscalingPolicy"):
         on_policy(memo.reconciler, dict(body), logger)
+
+
+@kopf.timer(GROUP, VERSION, SERVING_PLURAL, interval=TICK_SECONDS, id="autoscale")
+def autoscale_timer(namespace: str, name: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    autoscale(memo.autoscaler, namespace, name, logger)

@@ -89,6 +89,10 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "create", "patch", "delete"]
+# The autoscaler finds the ready pool pods (their IPs) to read their /metrics.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -54,6 +54,56 @@ class ScalingDecision(KubeModel):
     message: str = Field(default="", description="Inputs and clamps behind the decision.")
 
 
+class PoolScaling(KubeModel):
+    """One pool in one autoscaler decision."""
+
+    name: Literal["prefill", "decode"] = Field(description="prefill or decode.")
+    before: int = Field(ge=0, description="Replicas the pool's Deployment had.")
+    after: int = Field(ge=0, description="Replicas decided (applied only in active mode).")
+    recommended: int = Field(ge=0, description="What the signals alone asked for.")
+    ready: int = Field(default=0, ge=0, description="Ready pods at the decision.")
+    starting: int = Field(default=0, ge=0, description="Pods not yet ready at the decision.")
+
+
+class AutoscalingDecisionRecord(KubeModel):
+    """One autoscaler evaluation: before/after per pool, the reason, and its inputs."""
+
+    time: str = Field(description="When it was decided (RFC 3339).")
+    reason: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$", description="One CamelCase word.")
+    applied: bool = Field(description="Whether the replicas were written (false: advisory).")
+    pools: list[PoolScaling] = Field(
+        default_factory=list,
+        description="Per pool: before, after, recommended.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    message: str = Field(default="-", description="Every signal, target and clamp behind it.")
+
+
+class AutoscalingStatus(KubeModel):
+    """What the autoscaler did last, and the memory it needs across operator restarts."""
+
+    mode: Literal["active", "advisory"] = Field(description="The policy's mode when evaluated.")
+    policy: str = Field(description="policyRef name, or 'inline'.")
+    last_decision_time: str = Field(description="When the last recorded decision was made.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="ScalingActive (decisions are applied) and ManualChange (someone else "
+        "changed a pool's replicas).",
+    )
+    decisions: list[AutoscalingDecisionRecord] = Field(
+        default_factory=list, description="The last historyLimit decisions, oldest first."
+    )
+    manual_since: dict[str, str] = Field(
+        default_factory=dict, description="Pool -> when a manual change being yielded to began."
+    )
+    prefill_capacity_tokens_per_second: int | None = Field(
+        default=None, ge=0, description="Learned prompt tokens/s of one busy prefill pod."
+    )
+    prefill_queued_tokens: int | None = Field(
+        default=None, ge=0, description="Waiting prompt tokens at the last evaluation."
+    )
+
+
 class ServingDeploymentStatus(KubeModel):
     """Observed state of a ServingDeployment."""
 
@@ -72,6 +122,9 @@ class ServingDeploymentStatus(KubeModel):
     )
     last_scaling_decision: ScalingDecision | None = Field(
         default=None, description="The autoscaler's latest decision."
+    )
+    autoscaling: AutoscalingStatus | None = Field(
+        default=None, description="The autoscaler's recent decisions and conditions."
     )
 
 

@@ -1,0 +1,285 @@
+"""The autoscaler's timer logic against the in-memory API server, with each pod's /metrics a
+real HTTP server on a free loopback port serving Prometheus text (prometheus_client), so
+scraping, parsing, rates and histogram deltas run for real."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from lamina_operator import metrics
+from lamina_operator.autoscaling.autoscaler import Autoscaler
+from lamina_operator.constants import API_VERSION, DEPLOYMENT_LABEL, POLICY_KIND, ROLE_LABEL
+
+from .conftest import NS
+
+SD = (API_VERSION, "ServingDeployment", NS)
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class EnginePod:
+    """A pod's metrics endpoint: the engine's metric names, served over HTTP."""
+
+    def __init__(self, role: str):
+        self.role = role
+        r = self.registry = CollectorRegistry()
+        self.ttft = Histogram("lamina_request_ttft_seconds", "", ["role"], buckets=BUCKETS,
+                              registry=r)  # fmt: skip
+        self.tbt = Histogram("lamina_request_tbt_seconds", "", ["role"], buckets=BUCKETS,
+                             registry=r)  # fmt: skip
+        self.queue = Gauge("lamina_queue_depth", "", ["role"], registry=r)
+        self.running = Gauge("lamina_running_batch_size", "", ["role"], registry=r)
+        self.kv = Gauge("lamina_kv_cache_utilization", "", ["role"], registry=r)
+        self.prefill_tokens = Counter("lamina_prefill_tokens_total", "", ["role"], registry=r)
+        self.decode_tokens = Counter("lamina_decode_tokens_total", "", ["role"], registry=r)
+        pod = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                body = generate_latest(pod.registry)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def load(self, tbt=None, ttft=None, n=200, running=0, kv=0.0, tokens=0):
+        for _ in range(n):
+            if tbt is not None:
+                self.tbt.labels(self.role).observe(tbt)
+            if ttft is not None:
+                self.ttft.labels(self.role).observe(ttft)
+        self.running.labels(self.role).set(running)
+        self.kv.labels(self.role).set(kv)
+        (self.decode_tokens if self.role == "decode" else self.prefill_tokens).labels(
+            self.role
+        ).inc(tokens)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_800_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def pods():
+    made = {
+        "prefill": [EnginePod("prefill") for _ in range(2)],
+        "decode": [EnginePod("decode") for _ in range(3)],
+        "router": [EnginePod("router")],
+    }
+    yield made  # fmt: skip
+    for group in made.values():
+        for pod in group:
+            pod.stop()
+
+
+@pytest.fixture
+def world(cluster, reconciler, sd_factory, gpu_spec, pods):
+    """The GPU example reconciled, its pools all ready, one Pod object per fake endpoint."""
+    sd_factory("qwen", gpu_spec)
+    assert reconciler.reconcile(cluster.get(*SD, "qwen")).problems == []
+    for role, group in pods.items():
+        dep = cluster.get("apps/v1", "Deployment", NS, f"qwen-{role}")
+        n = dep["spec"]["replicas"]
+        cluster.set_status("apps/v1", "Deployment", NS, f"qwen-{role}",
+                           {"replicas": n, "readyReplicas": n})  # fmt: skip
+        for i, pod in enumerate(group):
+            add_pod(cluster, f"qwen-{role}-{i}", role, pod.port)
+    return cluster
+
+
+def add_pod(cluster, name, role, port, ready_since="2026-01-01T00:00:00Z"):
+    cluster.create({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS,
+                     "labels": {DEPLOYMENT_LABEL: "qwen", ROLE_LABEL: role}},
+        "spec": {"containers": [{"name": "engine", "ports": [{"containerPort": port}]}]},
+        "status": {"podIP": "127.0.0.1", "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": ready_since}]},
+    })  # fmt: skip
+
+
+def replicas(cluster, role):
+    return cluster.get("apps/v1", "Deployment", NS, f"qwen-{role}")["spec"]["replicas"]
+
+
+def autoscaling_status(cluster):
+    return cluster.get(*SD, "qwen")["status"]["autoscaling"]
+
+
+def cond(status, kind):
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def gauge(metric, *labels):
+    return metric.labels(*labels)._value.get()
+
+
+def slow_decode(pods, tbt=0.1):
+    for pod in pods["decode"]:
+        pod.load(tbt=tbt, running=20, kv=0.5, tokens=1000)
+    for pod in pods["prefill"]:
+        pod.load(ttft=0.2, n=20, tokens=4000)
+
+
+def test_tbt_over_target_scales_decode_and_explains_it(world, pods, recorder):
+    clock = Clock()
+    auto = Autoscaler(world, recorder, clock)
+    first = auto.evaluate(NS, "qwen")  # first scrape: gauges only, no latency deltas yet
+    assert first is not None and not first.changed
+    assert auto.evaluate(NS, "qwen") is None  # not due: 15 s have not passed
+    slow_decode(pods)
+    clock.now += 15
+    decision = auto.evaluate(NS, "qwen")
+    assert decision.reason == "ScaledUp"
+    assert replicas(world, "decode") == 6  # ceil(3 * 0.1 / 0.05), within maxStep 4
+    assert replicas(world, "prefill") == 2
+    status = autoscaling_status(world)
+    last = status["decisions"][-1]
+    assert last["reason"] == "ScaledUp" and last["applied"] is True
+    assert {p["name"]: (p["before"], p["after"]) for p in last["pools"]} == {
+        "prefill": (2, 2), "decode": (3, 6)}  # fmt: skip
+    assert "tbt=0.095/0.05" in last["message"]  # p90 interpolated in the (0.05, 0.1] bucket
+    assert cond(status, "ScalingActive")["reason"] == "Active"
+    assert ("Normal", "ScaledUp") in [(t, r) for t, r, _ in recorder.events]
+    assert gauge(metrics.autoscaler_desired_replicas, NS, "qwen", "decode") == 6
+    assert gauge(metrics.autoscaler_current_replicas, NS, "qwen", "decode") == 3
+    assert gauge(metrics.autoscaler_gpus, NS, "qwen") == 8
+    assert gauge(metrics.autoscaler_gpu_budget, NS, "qwen") == 24
+    sd = world.get(*SD, "qwen")["status"]
+    assert sd["lastScalingDecision"]["decodeReplicas"] == 6
+
+
+def test_changed_shared_policy_applies_without_restart(world, pods, recorder):
+    clock = Clock()
+    auto = Autoscaler(world, recorder, clock)
+    auto.evaluate(NS, "qwen")
+    world.patch(API_VERSION, POLICY_KIND, NS, "latency-slo", {"spec": {"mode": "advisory"}})
+    slow_decode(pods)
+    clock.now += 15
+    decision = auto.evaluate(NS, "qwen")
+    assert decision.pools["decode"].desired == 6 and not decision.apply
+    assert replicas(world, "decode") == 3  # advisory: reported, not applied
+    status = autoscaling_status(world)
+    assert status["mode"] == "advisory" and status["decisions"][-1]["applied"] is False
+    assert cond(status, "ScalingActive")["reason"] == "Advisory"
+    events = len(recorder.events)
+    slow_decode(pods)
+    clock.now += 15
+    auto.evaluate(NS, "qwen")
+    assert len(recorder.events) == events  # the same advice is not posted again
+
+
+def test_manual_scale_is_reported_and_yielded_to(world, pods, recorder):
+    clock = Clock()
+    auto = Autoscaler(world, recorder, clock)
+    auto.evaluate(NS, "qwen")
+    world.patch(
+        "apps/v1", "Deployment", NS, "qwen-decode", {"spec": {"replicas": 5}}
+    )  # kubectl scale
+    slow_decode(pods, tbt=0.02)
+    clock.now += 15
+    decision = auto.evaluate(NS, "qwen")
+    assert decision.reason == "ManualChangeYielded" and replicas(world, "decode") == 5
+    warnings = [m for t, r, m in recorder.events if r == "ManualScaleDetected"]
+    assert warnings and "decode replicas were changed to 5" in warnings[0]
+    status = autoscaling_status(world)
+    assert cond(status, "ManualChange")["reason"] == "Yielding"
+    assert "decode" in status["manualSince"]
+    # a restarted operator rebuilds the hold from status and keeps yielding
+    again = Autoscaler(world, recorder, clock)
+    clock.now += 15
+    assert again.evaluate(NS, "qwen").pools["decode"].held
+
+
+def test_unreachable_pod_holds_and_counts_an_error(world, pods, recorder):
+    clock = Clock()
+    auto = Autoscaler(world, recorder, clock)
+    auto.evaluate(NS, "qwen")
+    before = gauge(metrics.autoscaler_metrics_errors_total, NS, "qwen")
+    pods["decode"][0].stop()
+    clock.now += 15
+    decision = auto.evaluate(NS, "qwen")
+    assert decision.reason == "MetricsUnavailable" and not decision.changed
+    assert gauge(metrics.autoscaler_metrics_errors_total, NS, "qwen") == before + 1
+    status = autoscaling_status(world)
+    assert cond(status, "ScalingActive")["reason"] == "MetricsUnavailable"
+    assert "qwen-decode-0" in cond(status, "ScalingActive")["message"]
+
+
+def test_no_autoscaling_means_no_evaluation(cluster, reconciler, sd_factory, minimal_spec):
+    sd_factory("plain", minimal_spec)
+    reconciler.reconcile(cluster.get(*SD, "plain"))
+    assert Autoscaler(cluster, reconciler.recorder, Clock()).evaluate(NS, "plain") is None
+
+
+class FakePrometheus:
+    """Answers /api/v1/query with per-pod vectors, as Prometheus does."""
+
+    def __init__(self, decode_pods):
+        self.queries: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)["query"][0]
+                fake.queries.append(query)
+                result = []
+                for pod in decode_pods:
+                    if "lamina_request_tbt_seconds_bucket" in query:
+                        for le, count in (("0.05", 0), ("0.1", 100), ("+Inf", 100)):
+                            result.append({"metric": {"pod": pod, "le": le},
+                                           "value": [0, str(count)]})  # fmt: skip
+                    elif "lamina_running_batch_size" in query:
+                        result.append({"metric": {"pod": pod}, "value": [0, "20"]})
+                    elif "lamina_kv_cache_utilization" in query:
+                        result.append({"metric": {"pod": pod}, "value": [0, "0.5"]})
+                body = json.dumps(
+                    {"status": "success", "data": {"resultType": "vector", "result": result}}
+                ).encode()
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_prometheus_source(world, pods, recorder):
+    prom = FakePrometheus([f"qwen-decode-{i}" for i in range(3)])
+    try:
+        world.patch(API_VERSION, POLICY_KIND, NS, "latency-slo",
+                    {"spec": {"metrics": {"prometheusUrl": prom.url}}})  # fmt: skip
+        decision = Autoscaler(world, recorder, Clock()).evaluate(NS, "qwen")
+    finally:
+        prom.stop()
+    assert decision.pools["decode"].desired == 6  # p90 TBT ~0.095 s from the increase() buckets
+    assert any('namespace="serving"' in q and "[15s]" in q for q in prom.queries)
