@@ -283,3 +283,16 @@ def test_prometheus_source(world, pods, recorder):
         prom.stop()
     assert decision.pools["decode"].desired == 6  # p90 TBT ~0.095 s from the increase() buckets
     assert any('namespace="serving"' in q and "[15s]" in q for q in prom.queries)
+
+
+def test_reconcile_keeps_and_reports_the_autoscaled_replicas(world, pods, recorder, reconciler):
+    clock = Clock()
+    auto = Autoscaler(world, recorder, clock)
+    auto.evaluate(NS, "qwen")
+    slow_decode(pods)
+    clock.now += 15
+    auto.evaluate(NS, "qwen")
+    outcome = reconciler.reconcile(world.get(*SD, "qwen"))
+    assert replicas(world, "decode") == 6  # not reverted to spec.decode.replicas (3)
+    pools = {p["name"]: p for p in outcome.status["pools"]}
+    assert pools["decode"]["desiredReplicas"] == 6

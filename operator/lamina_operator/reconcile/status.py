@@ -27,6 +27,8 @@ from .checks import Problem
 
 def pool_status(name: str, desired: int, live: dict[str, Any] | None) -> dict[str, Any]:
     status = (live or {}).get("status") or {}
+    # The Deployment's own replicas win: the autoscaler (or kubectl scale) may have set them.
+    desired = int(((live or {}).get("spec") or {}).get("replicas", desired))
     return {
         "name": name,
         "desiredReplicas": desired,
