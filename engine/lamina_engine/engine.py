@@ -339,8 +339,10 @@ class Engine:
         elif not p.ignore_eos and tok in self.eos_token_ids:
             reason, stop_reason = "stop", None
         if req.detok is not None:
-            hit = req.detok.add(tok, is_stop_token=reason is not None)
-            out.text = req.detok.text
+            delta = req.detok.step([tok], is_stop_token=reason is not None)
+            if delta.text:
+                out.text_pieces.append(delta.text)
+            hit = delta.stop_str
             if reason is None and hit is not None and n_out >= p.min_tokens:
                 reason, stop_reason = "stop", hit
         if reason is None and (n_out >= p.max_tokens or req.seq.num_tokens >= self.max_model_len):
@@ -354,7 +356,9 @@ class Engine:
         out.finished, out.finish_reason = True, reason
         out.metrics.finished_time = time.perf_counter()
         if req.detok is not None:
-            out.text = req.detok.final_text()
+            tail = req.detok.finish()  # text held back until now (a possible stop string)
+            if tail:
+                out.text_pieces.append(tail)
         if self.kv_export is not None and reason in ("stop", "length"):
             first = req.seq.output_token_ids[0]
             self.kv_export.on_finish(req.request_id, self._prompt_kv(req.seq), first)

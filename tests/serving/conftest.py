@@ -197,3 +197,21 @@ def wait_for():
         raise AssertionError("condition not met in time")
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def post_prefill():
+    """post_prefill(pod, request) -> httpx.Response: the OpenAI completion `request` (its
+    kv_transfer names the KV handle) sent to a prefill pod's /v1/internal/prefill the way the
+    router sends it: tokenized and validated once (serving/prepared_request.py)."""
+    import httpx
+
+    from lamina_engine.serving.prepared_request import prepare
+    from lamina_engine.serving.protocol import CompletionRequest
+
+    def post(pod: Running, request: dict, timeout: float = 30) -> httpx.Response:
+        tokenizer = pod.server.async_engine.engine.tokenizer
+        body = prepare("completions", CompletionRequest.model_validate(request), tokenizer)
+        return httpx.post(f"{pod.url}/v1/internal/prefill", json=body.to_wire(), timeout=timeout)
+
+    return post

@@ -28,7 +28,9 @@ def test_disaggregated_tokens_equal_unified(stack, unified):
     assert stack.fallbacks == {}  # the KV really came over Redis
 
 
-def test_layered_prefill_ships_each_group_as_computed(start, tiny_model, redis_server, unified):
+def test_layered_prefill_ships_each_group_as_computed(
+    start, tiny_model, redis_server, unified, post_prefill
+):
     """A layered prefill pod (one layer per group step here) ships 4 groups, 3 of them while
     later groups still compute; the decode pod continues from them with unified's tokens."""
     common = dict(model=str(tiny_model), kv_backend="redis", kv_redis_url=redis_server.url,
@@ -39,10 +41,7 @@ def test_layered_prefill_ships_each_group_as_computed(start, tiny_model, redis_s
     prompt = "Layered prefill: one cohort, G groups."  # 38 tokens -> G = 8, capped at 4 layers
     request = {"model": "tiny-moe", "prompt": prompt, "max_tokens": 10, "temperature": 0,
                "ignore_eos": True, "kv_transfer": {"request_id": "layered-1"}}  # fmt: skip
-    shipped = httpx.post(
-        f"{prefill.url}/v1/internal/prefill", json={"kind": "completions", "request": request},
-        timeout=30,
-    )  # fmt: skip
+    shipped = post_prefill(prefill, request)
     assert shipped.status_code == 200, shipped.text
     report = shipped.json()
     assert report["kv_groups"] == 4 and report["prompt_tokens"] == len(prompt)

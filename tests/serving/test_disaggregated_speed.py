@@ -24,13 +24,11 @@ def complete(url: str, prompt, max_tokens: int = 10, **extra) -> list[int]:
     return r.json()["choices"][0]["token_ids"]
 
 
-def prefill(url: str, prompt: str, handle: str) -> dict:
+def prefill(post_prefill, pod, prompt: str, handle: str) -> dict:
     """Run the prefill pod's internal endpoint; its report says what it shipped."""
     request = {"model": "tiny-moe", "prompt": prompt, "max_tokens": 10, "temperature": 0,
                "ignore_eos": True, "kv_transfer": {"request_id": handle}}  # fmt: skip
-    r = httpx.post(
-        f"{url}/v1/internal/prefill", json={"kind": "completions", "request": request}, timeout=30
-    )
+    r = post_prefill(pod, request)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -51,7 +49,7 @@ def redis_common(tiny_model, redis_server, deployment: str) -> dict:
 
 
 def test_speed_disaggregated_equals_unified_and_ships_k_over_l(
-    start, tiny_model, redis_server, speed_unified
+    start, tiny_model, redis_server, speed_unified, post_prefill
 ):
     common = redis_common(tiny_model, redis_server, "speed-chunked")
     pre = start(role="prefill", **SPEED, **common)
@@ -65,8 +63,8 @@ def test_speed_disaggregated_equals_unified_and_ships_k_over_l(
     assert dec.server.async_engine.fallbacks == {}  # the KV really came over Redis
 
     p = len(PROMPT)  # byte tokenizer: one token per character
-    report = prefill(pre.url, PROMPT, "speed-bytes")
-    full = prefill(full_pre.url, PROMPT, "full-bytes")
+    report = prefill(post_prefill, pre, PROMPT, "speed-bytes")
+    full = prefill(post_prefill, full_pre, PROMPT, "full-bytes")
     # 2 lower groups split [0, K) for all P tokens + 1 upper object: anchor + last token
     assert report["kv_groups"] == 3 and full["kv_groups"] == 4
     assert report["kv_bytes"] == shipped_bytes(3, K * p + (L - K) * 2)
@@ -79,7 +77,7 @@ def test_speed_disaggregated_equals_unified_and_ships_k_over_l(
 
 
 def test_speed_layered_prefill_ships_lower_groups_early(
-    start, tiny_model, redis_server, speed_unified
+    start, tiny_model, redis_server, speed_unified, post_prefill
 ):
     """Layered cohort groups split the lower layers [0, K): the first ships while the second
     computes; the second and the upper object ship when the prompt finishes."""
@@ -87,7 +85,7 @@ def test_speed_layered_prefill_ships_lower_groups_early(
     pre = start(role="prefill", scheduling_policy="layered", layered_group_tokens=8,
                 **SPEED, **common)  # fmt: skip
     dec = start(role="decode", **SPEED, **common)
-    report = prefill(pre.url, PROMPT, "speed-layered-1")
+    report = prefill(post_prefill, pre, PROMPT, "speed-layered-1")
     assert report["kv_groups"] == 3 and report["prompt_tokens"] == len(PROMPT)
     assert pre.server.kv_export.groups_shipped_early == 1
     assert report["kv_bytes"] == shipped_bytes(3, K * len(PROMPT) + (L - K) * 2)
@@ -96,13 +94,15 @@ def test_speed_layered_prefill_ships_lower_groups_early(
     assert dec.server.async_engine.fallbacks == {}
 
 
-def test_mismatched_speed_settings_fall_back_to_recompute(start, tiny_model, redis_server, unified):
+def test_mismatched_speed_settings_fall_back_to_recompute(
+    start, tiny_model, redis_server, unified, post_prefill
+):
     """A full-depth decode pod cannot use SPEED KV (the upper layers lack most positions): it
     says so, recomputes the prompt and answers with its own full-depth tokens."""
     common = redis_common(tiny_model, redis_server, "speed-mismatch")
     pre = start(role="prefill", **SPEED, **common)
     dec = start(role="decode", **common)
-    prefill(pre.url, PROMPT, "speed-mismatch-1")
+    prefill(post_prefill, pre, PROMPT, "speed-mismatch-1")
     got = complete(dec.url, PROMPT, kv_transfer={"request_id": "speed-mismatch-1"})
     assert got == complete(unified.url, PROMPT)
     assert dec.server.async_engine.fallbacks == {"KVCorrupt": 1}

@@ -33,8 +33,9 @@ def complete(url: str, handle: str | None = None, timeout: float = 60, prompt=PR
 
 
 class Pods:
-    def __init__(self, staging, decode, redis_url: str) -> None:
+    def __init__(self, staging, decode, redis_url: str, post_prefill) -> None:
         self.staging, self.decode, self.redis_url = staging, decode, redis_url
+        self.post_prefill = post_prefill
 
     @property
     def ae(self):
@@ -44,10 +45,7 @@ class Pods:
         """Prefill `prompt` on the staging pod; its blobs, group by group."""
         request = {"model": "tiny-moe", "prompt": prompt, "max_tokens": 8, "temperature": 0,
                    "ignore_eos": True, "kv_transfer": {"request_id": handle}}  # fmt: skip
-        r = httpx.post(
-            f"{self.staging.url}/v1/internal/prefill",
-            json={"kind": "completions", "request": request}, timeout=30,
-        )  # fmt: skip
+        r = self.post_prefill(self.staging, request)
         assert r.status_code == 200, r.text
 
         async def read(t):
@@ -106,11 +104,11 @@ class Pods:
 
 
 @pytest.fixture(scope="module")
-def pods(start_for_module, tiny_model, redis_server) -> Pods:
+def pods(start_for_module, tiny_model, redis_server, post_prefill) -> Pods:
     common = dict(model=str(tiny_model), kv_backend="redis", kv_redis_url=redis_server.url)
     staging = start_for_module(role="prefill", deployment="staging", **common)
     decode = start_for_module(role="decode", deployment="live", kv_wait_seconds=3.0, **common)
-    return Pods(staging, decode, redis_server.url)
+    return Pods(staging, decode, redis_server.url, post_prefill)
 
 
 def background(fn, *args) -> tuple[threading.Thread, dict]:
@@ -206,7 +204,7 @@ def test_no_free_blocks_at_reservation_recomputes(pods, start, tiny_model, expec
     come back (that one's KV never completes), and ignores its own groups that still arrive."""
     small = start(role="decode", model=str(tiny_model), kv_backend="redis", deployment="live",
                   kv_redis_url=pods.redis_url, kv_wait_seconds=2.0, num_gpu_blocks=8)  # fmt: skip
-    tight = Pods(pods.staging, small, pods.redis_url)
+    tight = Pods(pods.staging, small, pods.redis_url, pods.post_prefill)
     hog_prompt = "A long prompt that holds seven of the eight blocks. " * 2  # 104 tokens
     hog, handle = f"hog-{uuid.uuid4().hex}", f"full-{uuid.uuid4().hex}"
     tight.publish(hog, 0, tight.stage(hog, hog_prompt)[0])

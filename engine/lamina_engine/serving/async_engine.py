@@ -4,19 +4,19 @@
     generate() ------- Add ------> commands --> engine.add_request
     generate(kv=groups) -- Kv* -->            KVLoads (serving/kv_loading.py): reserve, load
                                               each group as it arrives, activate or recompute
-    async for out in stream  <-- snapshot --  engine.step() outputs (call_soon_threadsafe)
+    async for delta in stream  <-- delta --   engine.step() outputs (call_soon_threadsafe)
     stream closed early ----- Abort ------->  engine.abort (a KV reservation too)
 
 The commands are the dataclasses of serving/engine_commands.py, dispatched by type.
 
 Only the engine thread touches the Engine (its KV cache, scheduler and runner are not
-thread-safe). Handlers get copies of each RequestOutput, taken when it changed.
+thread-safe). Handlers get a RequestDelta each time a request changed: what is new since the
+previous one (O(new tokens), never a copy of the whole output), built on the engine thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import queue
 import threading
@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from lamina_engine.engine import Engine, InvalidRequest
-from lamina_engine.request_output import RequestOutput
+from lamina_engine.request_output import RequestDelta, RequestOutput
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.serving.engine_commands import (
     Abort,
@@ -54,17 +54,8 @@ class RequestFailed(RuntimeError):
 class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
-    last_tokens: int = 0  # output tokens seen, to time TBT per new token
-
-
-def snapshot(out: RequestOutput) -> RequestOutput:
-    """A copy the engine thread will not mutate further."""
-    return dataclasses.replace(
-        out,
-        token_ids=list(out.token_ids),
-        logprobs=None if out.logprobs is None else list(out.logprobs),
-        top_logprobs=None if out.top_logprobs is None else list(out.top_logprobs),
-    )
+    last_tokens: int = 0  # output tokens sent, to time TBT per new token
+    last_pieces: int = 0  # text pieces sent
 
 
 class AsyncEngine:
@@ -103,8 +94,9 @@ class AsyncEngine:
         prompt: str | list[int],
         params: SamplingParams,
         kv: AsyncGenerator[KVGroup, None] | None = None,
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield snapshots of the request's output as it changes; the last one is finished.
+    ) -> AsyncIterator[RequestDelta]:
+        """Yield what is new in the request's output each time it changes; the last delta is
+        finished.
         With `kv` (the prompt's KV groups as they arrive; `prompt` is then token ids) the
         engine loads them and continues from the shipped first token, or recomputes the
         prompt if they fail. Leaving the iteration early (client gone) aborts the request."""
@@ -146,7 +138,7 @@ class AsyncEngine:
         self._wake.set()
 
     # ------------------------------------------------------------------ engine thread
-    def _send(self, request_id: str, item: RequestOutput | RequestFailed) -> None:
+    def _send(self, request_id: str, item: RequestFailed) -> None:
         with self._lock:
             stream = self._streams.get(request_id)
         if stream is not None:
@@ -237,14 +229,16 @@ class AsyncEngine:
                     )
             for a, b in zip(times[max(0, stream.last_tokens - 1) :], times[stream.last_tokens :]):
                 self.metrics.tbt.labels(role).observe(b - a)
-            stream.last_tokens = len(times)
         if out.finished:
             self.metrics.requests.labels(role, out.finish_reason or "unknown").inc()
             self.metrics.finished(out)
-            self.metrics.finished(out)
             if m is not None and m.e2e is not None:
                 self.metrics.e2e.labels(role).observe(m.e2e)
-        self._send(out.request_id, snapshot(out))
+        if stream is None:  # the client left
+            return
+        delta = out.delta(stream.last_tokens, stream.last_pieces)
+        stream.last_tokens, stream.last_pieces = len(out.token_ids), len(out.text_pieces)
+        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, delta)
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
@@ -264,7 +258,6 @@ class AsyncEngine:
         self.metrics.decode_tokens.labels(role).inc(stats.decode_tokens - dec)
         self.metrics.expert_bytes.labels(role).inc(max(0, stats.expert_bytes_loaded - exp))
         self._marks = (stats.prefill_tokens, stats.decode_tokens, stats.expert_bytes_loaded)
-        self.metrics.observe_engine(self.engine)
         self.metrics.observe_engine(self.engine)
 
     def load(self) -> dict:

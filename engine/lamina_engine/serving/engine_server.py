@@ -4,11 +4,13 @@
     GET  /v1/models                the served model
     POST /v1/completions           OpenAI; SSE when stream=true
     POST /v1/chat/completions      OpenAI; SSE when stream=true
-    POST /v1/internal/prefill      prefill role: compute the prompt, ship its KV, return
+    POST /v1/internal/generate     the router's PreparedRequest (token ids, SamplingParams)
+    POST /v1/internal/prefill      prefill role: a PreparedRequest's prompt computed and its KV
+                                   shipped; answers with a report
     GET  /v1/internal/load         what the router picks by (KV utilisation, batch, role)
     POST /drain                    stop taking new requests; in-flight ones finish
     GET  /metrics                  Prometheus
-A decode pod given `kv_transfer` loads that prompt's KV group by group as it arrives (bounded
+A decode pod given a KV handle loads that prompt's KV group by group as it arrives (bounded
 by one deadline; serving/kv_loading.py) and decodes from it; on any failure it recomputes the
 prompt (lamina_kv_fallback_total).
 """
@@ -26,19 +28,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lamina_engine.kv_export import KVExport
+from lamina_engine.request_output import RequestOutput
 from lamina_engine.serving import kv_shipping
 from lamina_engine.serving.async_engine import AsyncEngine, RequestFailed
 from lamina_engine.serving.config import ServeConfig
 from lamina_engine.serving.errors import install_error_handlers
 from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
 from lamina_engine.serving.prefill_shipper import PrefillShipper
+from lamina_engine.serving.prepared_request import PreparedRequest, prepare
 from lamina_engine.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     OpenAIError,
     error_body,
-    prompt_ids,
-    sampling_params,
 )
 from lamina_engine.serving.responses import SSE_DONE, ResponseBuilder
 from lamina_engine.transfer import KVTransferError
@@ -80,7 +82,7 @@ class EngineServer:
                 self.shipper = PrefillShipper(
                     self.transport, self.metrics, mc.num_kv_heads, mc.head_dim
                 )
-                self.kv_export = KVExport(self.shipper.ship, self.config.max_layer_groups)
+                self.kv_export = KVExport(self.shipper.ship, self.config.engine.layered_max_groups)
                 engine.connect_kv_export(self.kv_export)
             ae.start()
             self.async_engine = ae
@@ -107,6 +109,7 @@ class EngineServer:
         app.get("/v1/models")(self.models)
         app.post("/v1/completions")(self.completions)
         app.post("/v1/chat/completions")(self.chat)
+        app.post("/v1/internal/generate")(self.generate)
         app.post("/v1/internal/prefill")(self.prefill)
         app.get("/v1/internal/load")(self.load)
         app.post("/drain")(self.drain)
@@ -158,38 +161,41 @@ class EngineServer:
             )  # fmt: skip
         return self.async_engine
 
-    def _prompt_ids(self, req) -> list[int]:
-        return prompt_ids(req, self.async_engine.engine.tokenizer)
-
     async def completions(self, req: CompletionRequest, request: Request):
-        return await self._serve("completions", req, request)
+        ae = self._check_serving(req.model)
+        return await self._serve(prepare("completions", req, ae.engine.tokenizer), request)
 
     async def chat(self, req: ChatCompletionRequest, request: Request):
-        return await self._serve("chat", req, request)
-
-    async def _serve(self, kind: str, req, request: Request):
         ae = self._check_serving(req.model)
-        tok = ae.engine.tokenizer
-        params = sampling_params(req, tok.generation_defaults if tok else {})
-        ids = self._prompt_ids(req)
-        prefix = "cmpl" if kind == "completions" else "chatcmpl"
+        return await self._serve(prepare("chat", req, ae.engine.tokenizer), request)
+
+    async def generate(self, body: dict, request: Request):
+        """The router prepared the request already: serve it as it is."""
+        prepared = PreparedRequest.from_wire(body)
+        self._check_serving(prepared.model)
+        return await self._serve(prepared, request)
+
+    async def _serve(self, req: PreparedRequest, request: Request):
+        ae = self.async_engine
+        prefix = "cmpl" if req.kind == "completions" else "chatcmpl"
         rid = f"{prefix}-{uuid.uuid4().hex}"
         kv = None
-        if req.kv_transfer is not None and self.transport is not None:
-            kv = self._kv_groups(req.kv_transfer.request_id, len(ids))
-        stream = ae.generate(rid, ids, params, kv)
+        if req.kv_handle is not None and self.transport is not None:
+            kv = self._kv_groups(req.kv_handle, len(req.prompt_ids))
+        stream = ae.generate(rid, req.prompt_ids, req.params, kv)
         try:  # with shipped KV, the first output waits for the last group to load
             first = await self._next(stream, request)
         except RequestFailed as exc:
             raise OpenAIError(400 if exc.invalid else 500, str(exc)) from None
-        builder = ResponseBuilder(kind, rid, self.config.model_name, tok)
+        out = RequestOutput(rid, None, req.prompt_ids)  # rebuilt here from the deltas
+        builder = ResponseBuilder(req.kind, rid, self.config.model_name, ae.engine.tokenizer)
         builder.return_token_ids = req.return_token_ids
         if req.stream:
-            usage = req.stream_options is not None and req.stream_options.include_usage
             return StreamingResponse(
-                self._sse(builder, first, stream, usage), media_type="text/event-stream"
+                self._sse(builder, out, first, stream, req.include_usage),
+                media_type="text/event-stream",
             )
-        return builder.full(await self._collect(first, stream, request))
+        return builder.full(await self._collect(out, first, stream, request))
 
     async def _next(self, stream, request: Request):
         """The stream's next output; a client that disconnects meanwhile aborts the request
@@ -203,27 +209,30 @@ class EngineServer:
                 raise OpenAIError(499, "client disconnected")
         return nxt.result()
 
-    async def _collect(self, out, stream, request: Request):
-        """Run to the end; a client that disconnects meanwhile aborts the request."""
+    async def _collect(self, out: RequestOutput, delta, stream, request: Request):
+        """`out` with every delta to the end; a client that disconnects meanwhile aborts."""
         try:
-            while not out.finished:
-                out = await self._next(stream, request)
+            out.add(delta)
+            while not delta.finished:
+                delta = await self._next(stream, request)
+                out.add(delta)
             return out
         finally:
             await stream.aclose()
 
-    async def _sse(self, builder: ResponseBuilder, out, stream, include_usage: bool):
+    async def _sse(self, builder: ResponseBuilder, out, delta, stream, include_usage: bool):
         try:
             head = builder.first_chunk()
             if head:
                 yield head
             while True:
-                chunk = builder.delta_chunk(out)
+                out.add(delta)  # for the usage chunk
+                chunk = builder.delta_chunk(delta)
                 if chunk:
                     yield chunk
-                if out.finished:
+                if delta.finished:
                     break
-                out = await anext(stream)
+                delta = await anext(stream)
             if include_usage:
                 yield builder.usage_chunk(out)
             yield SSE_DONE
@@ -267,22 +276,12 @@ class EngineServer:
         return {"request_id": handle, "waiting": waiter is not None}
 
     async def prefill(self, body: dict) -> dict:
-        """{"kind": "completions"|"chat", "request": {... "kv_transfer": {"request_id"}}}."""
+        """A PreparedRequest with a KV handle: compute its prompt, ship the KV under it."""
         if self.shipper is None:
             raise OpenAIError(400, f"this is a {self.config.role} server, not a prefill server")
-        kind = body.get("kind")
-        model_cls = {"completions": CompletionRequest, "chat": ChatCompletionRequest}.get(kind)
-        if model_cls is None:
-            raise OpenAIError(400, "kind must be 'completions' or 'chat'", param="kind")
-        try:
-            req = model_cls.model_validate(body.get("request") or {})
-        except ValueError as exc:
-            raise OpenAIError(400, f"invalid request: {exc}", param="request") from None
-        if req.kv_transfer is None:
-            raise OpenAIError(400, "kv_transfer.request_id is required", param="kv_transfer")
+        req = PreparedRequest.from_wire(body)
+        if req.kv_handle is None:
+            raise OpenAIError(400, "kv_handle is required", param="kv_handle")
         ae = self._check_serving(req.model)
-        tok = ae.engine.tokenizer
-        params = sampling_params(req, tok.generation_defaults if tok else {})
-        params = dataclasses.replace(params, max_tokens=1, min_tokens=0, logprobs=None)
-        ids, handle = self._prompt_ids(req), req.kv_transfer.request_id
-        return await self.shipper.run(ae, handle, ids, params)
+        params = dataclasses.replace(req.params, max_tokens=1, min_tokens=0, logprobs=None)
+        return await self.shipper.run(ae, req.kv_handle, req.prompt_ids, params)

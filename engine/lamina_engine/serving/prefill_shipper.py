@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from lamina_engine.request_output import RequestOutput
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.serving import kv_shipping
 from lamina_engine.serving.async_engine import AsyncEngine, RequestFailed
@@ -58,10 +59,10 @@ class PrefillShipper:
         rid = PREFIX + handle
         puts: list[asyncio.Future] = []
         self._puts[rid] = puts
-        out = None
+        out = RequestOutput(rid, None, ids)
         try:
-            async for snapshot in ae.generate(rid, ids, params):
-                out = snapshot  # the last one is finished
+            async for delta in ae.generate(rid, ids, params):
+                out.add(delta)
             computed = time.perf_counter()
             results = await asyncio.gather(*puts, return_exceptions=True)
         except RequestFailed as exc:

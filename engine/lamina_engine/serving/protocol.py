@@ -1,4 +1,4 @@
-"""OpenAI API shapes: request bodies (validated), errors, and SamplingParams from a request.
+"""OpenAI API shapes: request bodies (validated) and errors.
 
 Unknown fields are ignored (as OpenAI's server does for newer clients); fields we cannot honour
 (`n` > 1, `echo`, `best_of` > 1, several prompts in one request) are a 400 that says so.
@@ -8,12 +8,9 @@ ships (decode pods only).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from lamina_engine.chat_template import ChatTemplateError
-from lamina_engine.sampling_params import InvalidSamplingParams, SamplingParams
 
 
 class OpenAIError(Exception):
@@ -101,83 +98,3 @@ class ChatCompletionRequest(_Common):
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[dict[str, Any]] | None = None
-
-
-Endpoint = Literal["completions", "chat"]
-
-
-def sampling_params(
-    req: CompletionRequest | ChatCompletionRequest, defaults: dict
-) -> SamplingParams:
-    """The request's SamplingParams (model's generation_config fills what it leaves out)."""
-    if req.n != 1:
-        raise OpenAIError(400, f"n={req.n} is not supported; only n=1 (send n requests)", param="n")
-    if req.presence_penalty or req.frequency_penalty:
-        raise OpenAIError(
-            400, "presence_penalty and frequency_penalty are not supported; leave them at 0",
-            param="presence_penalty",
-        )  # fmt: skip
-    if isinstance(req, CompletionRequest):
-        if req.echo:
-            raise OpenAIError(400, "echo=true is not supported", param="echo")
-        if req.best_of not in (None, 1):
-            raise OpenAIError(400, "best_of > 1 is not supported", param="best_of")
-        if req.suffix:
-            raise OpenAIError(400, "suffix is not supported", param="suffix")
-        logprobs = req.logprobs
-    else:
-        logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    max_tokens = _pick(
-        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens,
-        defaults.get("max_tokens"),
-        16,
-    )
-    kwargs: dict[str, Any] = dict(
-        max_tokens=max_tokens,
-        temperature=_pick(req.temperature, defaults.get("temperature"), 1.0),
-        top_p=_pick(req.top_p, defaults.get("top_p"), 1.0),
-        top_k=_pick(req.top_k, defaults.get("top_k"), 0),
-        min_p=_pick(req.min_p, defaults.get("min_p"), 0.0),
-        seed=req.seed,
-        stop=req.stop,
-        stop_token_ids=req.stop_token_ids,
-        ignore_eos=req.ignore_eos,
-        logprobs=logprobs,
-    )
-    try:
-        return SamplingParams(**kwargs)
-    except InvalidSamplingParams as exc:
-        # "SamplingParams.top_p=2 is invalid: ..." -> param "top_p"
-        param = str(exc).split("=", 1)[0].removeprefix("SamplingParams.")
-        raise OpenAIError(400, str(exc), param=param) from None
-
-
-def _pick(value, default, fallback):
-    if value is not None:
-        return value
-    return default if default is not None else fallback
-
-
-def prompt_ids(req: CompletionRequest | ChatCompletionRequest, tok) -> list[int]:
-    """The prompt as token ids: chat through the model's template, text through `tok`."""
-    if isinstance(req, ChatCompletionRequest):
-        if tok is None:
-            raise OpenAIError(400, "this model has no tokenizer: chat is unavailable")
-        try:
-            msgs = [m.model_dump(exclude_none=True) for m in req.messages]
-            text = tok.apply_chat_template(msgs, add_generation_prompt=True, tools=req.tools)
-        except (ChatTemplateError, ValueError, TypeError) as exc:
-            raise OpenAIError(400, f"messages: {exc}", param="messages") from None
-        return tok.encode(text, add_special_tokens=False)
-    prompt = req.prompt
-    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-        if len(prompt) != 1:
-            raise OpenAIError(400, "send one prompt per request", param="prompt")
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        if tok is None:
-            raise OpenAIError(400, "this model has no tokenizer: send token ids", param="prompt")
-        return tok.encode(prompt)
-    if not prompt:
-        raise OpenAIError(400, "the prompt is empty", param="prompt")
-    return list(prompt)

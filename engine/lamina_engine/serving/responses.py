@@ -1,4 +1,4 @@
-"""OpenAI response bodies and SSE chunks, built from the engine's RequestOutput snapshots."""
+"""OpenAI response bodies and SSE chunks: a whole RequestOutput, or one RequestDelta a chunk."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from lamina_engine.request_output import RequestOutput
+from lamina_engine.request_output import RequestDelta, RequestOutput
 from lamina_engine.tokenizer import Tokenizer
 
 
@@ -26,20 +26,20 @@ def usage(out: RequestOutput) -> dict[str, int]:
     return body
 
 
-def finish_reason(out: RequestOutput) -> str | None:
+def finish_reason(out: RequestOutput | RequestDelta) -> str | None:
     if not out.finished:
         return None
     return {"abort": "stop", "error": "stop"}.get(out.finish_reason, out.finish_reason)
 
 
 class ResponseBuilder:
-    """Bodies for one request: `kind` is "completions" or "chat"; `start` = first token index
-    of the next chunk (streaming sends each token's logprobs once)."""
+    """Bodies for one request: `kind` is "completions" or "chat". Streaming turns each delta
+    into one chunk as it comes (each token's text and logprobs are sent once)."""
 
     def __init__(self, kind: str, request_id: str, model: str, tokenizer: Tokenizer | None):
         self.kind, self.id, self.model, self.tok = kind, request_id, model, tokenizer
         self.created = int(time.time())
-        self.sent_text = ""
+        self.sent_chars = 0  # text characters streamed so far
         self.sent_tokens = 0
         self.return_token_ids = False
 
@@ -51,16 +51,16 @@ class ResponseBuilder:
         # distinct tokens stay distinct keys in top_logprobs.
         return f"token_id:{token_id}" if "\ufffd" in text else text
 
-    def _logprobs(self, out: RequestOutput, start: int) -> Any:
+    def _logprobs(self, out: RequestOutput | RequestDelta, text_offset: int) -> Any:
+        """Logprobs of `out`'s tokens; completions' text offsets start at `text_offset`."""
         if out.logprobs is None:
             return None
-        ids, lps = out.token_ids[start:], out.logprobs[start:]
-        tops = (out.top_logprobs or [])[start:] if out.top_logprobs is not None else None
+        ids, lps, tops = out.token_ids, out.logprobs, out.top_logprobs
         if self.kind == "completions":
             top = None
             if tops is not None:
                 top = [{self._token_str(t): lp for t, lp in d.items()} for d in tops]
-            offsets, pos = [], len(self.sent_text) if start else 0
+            offsets, pos = [], text_offset
             for t in ids:
                 offsets.append(pos)
                 pos += len(self._token_str(t))
@@ -137,16 +137,14 @@ class ResponseBuilder:
             self._chunk({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
         )
 
-    def delta_chunk(self, out: RequestOutput) -> bytes | None:
-        """The new text (and logprobs) since the last chunk; None when nothing new is due."""
-        text = out.text
-        delta = text[len(self.sent_text) :] if text.startswith(self.sent_text) else ""
-        new_tokens = len(out.token_ids) > self.sent_tokens
-        if not delta and not out.finished and not (new_tokens and out.logprobs is not None):
+    def delta_chunk(self, out: RequestDelta) -> bytes | None:
+        """The chunk of one delta's text (and logprobs); None when nothing new is due."""
+        delta = out.text
+        if not delta and not out.finished and not (out.token_ids and out.logprobs is not None):
             return None
-        lp = self._logprobs(out, self.sent_tokens)
-        self.sent_text += delta
-        self.sent_tokens = len(out.token_ids)
+        lp = self._logprobs(out, self.sent_chars if self.sent_tokens else 0)
+        self.sent_chars += len(delta)
+        self.sent_tokens += len(out.token_ids)
         reason = finish_reason(out)
         if self.kind == "completions":
             choice = {"index": 0, "text": delta, "logprobs": lp, "finish_reason": reason}

@@ -1,7 +1,8 @@
 """The router (`--role router`): the OpenAI front door in front of prefill and decode pods.
 
-Per request: tokenize (the router loads the model's tokenizer and config.json, never weights),
-pick a decode pod (least KV utilisation) and, when the prompt is long enough and a prefill pod
+Per request: parse, tokenize and validate once (serving/prepared_request.py; the router loads
+the model's tokenizer and config.json, never weights) and forward the token ids and
+SamplingParams, so the pods do not repeat that work; pick a decode pod (least KV utilisation) and, when the prompt is long enough and a prefill pod
 is ready, a prefill pod (prefix match, then least outstanding FLOPs). Disaggregated: the prefill
 pod gets the request with a KV handle and ships the prompt's KV; at the same time the decode pod
 gets it with the same handle, waits for the KV and streams tokens back through the router.
@@ -20,7 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lamina_engine.core.block_manager import block_hashes
@@ -29,16 +30,17 @@ from lamina_engine.serving.config import ServeConfig
 from lamina_engine.serving.errors import install_error_handlers
 from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
 from lamina_engine.serving.pod_pickers import BackendState, DecodePicker, PrefillPicker
+from lamina_engine.serving.prepared_request import Kind, prepare
 from lamina_engine.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     OpenAIError,
     error_body,
-    prompt_ids,
 )
 
 log = logging.getLogger(__name__)
 PREFILL_TIMEOUT_S = 600.0
+GENERATE_PATH = "/v1/internal/generate"  # a pod's endpoint for prepared requests
 
 
 class RouterServer:
@@ -46,16 +48,12 @@ class RouterServer:
         from lamina_engine.tokenizer import Tokenizer
 
         self.config = config
-        if config.model is None:
-            from lamina_engine.demo import demo_model_path
-
-            update = {"model": str(demo_model_path()), "served_model_name": config.model_name}
-            config = config.model_copy(update=update)
-            self.config = config
         self.metrics = ServerMetrics("router")
         model_cfg = json.loads((Path(config.model) / "config.json").read_text())
         self.tokenizer = Tokenizer.maybe_from_pretrained(config.model)
-        self.prefill_picker = PrefillPicker(config.prefill_picker, model_cfg, config.block_size)
+        self.prefill_picker = PrefillPicker(
+            config.prefill_picker, model_cfg, config.engine.block_size
+        )
         self.decode_picker = DecodePicker(config.decode_picker)
         self.pool = BackendPool(
             config.prefill_service,
@@ -119,13 +117,13 @@ class RouterServer:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     # ------------------------------------------------------------------ requests
-    async def completions(self, req: CompletionRequest, request: Request):
-        return await self._route("completions", "/v1/completions", req, request)
+    async def completions(self, req: CompletionRequest):
+        return await self._route("completions", req)
 
-    async def chat(self, req: ChatCompletionRequest, request: Request):
-        return await self._route("chat", "/v1/chat/completions", req, request)
+    async def chat(self, req: ChatCompletionRequest):
+        return await self._route("chat", req)
 
-    async def _route(self, kind: str, path: str, req, request: Request):
+    async def _route(self, kind: Kind, req: CompletionRequest | ChatCompletionRequest):
         if self.draining:
             raise OpenAIError(503, "the router is draining; retry shortly", "unavailable")
         if req.model != self.config.model_name:
@@ -135,36 +133,35 @@ class RouterServer:
             )  # fmt: skip
         if req.n != 1:
             raise OpenAIError(400, f"n={req.n} is not supported; only n=1", param="n")
-        body = await request.json()
-        ids = prompt_ids(req, self.tokenizer) if self.tokenizer is not None else None
+        prepared = prepare(kind, req, self.tokenizer)  # the pods get token ids from here on
+        ids = prepared.prompt_ids
         decoders = self._decoders()
         if not decoders:
             raise OpenAIError(503, "no decode or unified backend is ready", "unavailable")
         decode = self.decode_picker.pick(decoders)
         prefills = self.pool.available("prefill")
-        wants_logprobs = bool(req.logprobs) if kind == "chat" else req.logprobs is not None
         disaggregate = (
             decode.role == "decode"
             and prefills
-            and ids is not None
             and len(ids) >= max(1, self.config.disaggregation_min_prompt_tokens)
-            and not wants_logprobs
+            and prepared.params.logprobs is None  # prompt logprobs need the prompt computed here
         )
+        body = prepared.to_wire()
         if disaggregate:
-            handle = f"kv-{uuid.uuid4().hex}"
-            body = dict(body, kv_transfer={"request_id": handle})
-            hashes = block_hashes(ids, self.config.block_size)
+            body = prepared.to_wire(kv_handle=f"kv-{uuid.uuid4().hex}")
+            hashes = block_hashes(ids, self.config.engine.block_size)
             pod, flops = self.prefill_picker.pick(prefills, hashes, len(ids))
-            self._spawn(self._prefill(pod, decode, flops, hashes, kind, body))
+            self._spawn(self._prefill(pod, decode, flops, hashes, body))
         self.metrics.router_requests.labels("router", "disagg" if disaggregate else "direct").inc()
-        return await self._proxy(decode, path, body, req.stream, decoders, time.perf_counter())
+        t0 = time.perf_counter()
+        return await self._proxy(decode, GENERATE_PATH, body, req.stream, decoders, t0)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _prefill(self, pod, decode, flops, hashes, kind: str, body: dict) -> None:
+    async def _prefill(self, pod, decode, flops, hashes, body: dict) -> None:
         """Run the prompt on `pod`. On failure tell `decode` to stop waiting for the KV and
         recompute (if that notice is lost too, its KV deadline does the same, later)."""
         pod.load.add(flops)
@@ -173,7 +170,7 @@ class RouterServer:
         try:
             r = await self.client.post(
                 f"{pod.url}/v1/internal/prefill",
-                json={"kind": kind, "request": body},
+                json=body,
                 timeout=PREFILL_TIMEOUT_S,
             )
             ok = r.status_code == 200
@@ -188,7 +185,7 @@ class RouterServer:
             pod.in_flight -= 1
             pod.load.add(-flops)
         if not ok:
-            handle = body["kv_transfer"]["request_id"]
+            handle = body["kv_handle"]
             try:
                 await self.client.post(
                     f"{decode.url}/v1/internal/kv_abort", json={"request_id": handle}, timeout=5

@@ -1,0 +1,163 @@
+"""PreparedRequest: an OpenAI request parsed, tokenized and validated once.
+
+The router prepares each request and forwards the prepared form to the pods (JSON, `to_wire`);
+a pod that a client calls directly prepares it itself. Either way a pod's engine gets token
+ids and SamplingParams, and checks only what depends on it (prompt length against its context,
+ids in its vocabulary):
+
+    client --OpenAI body--> router: prepare() --wire--> pod: from_wire() --> engine
+    client --OpenAI body--> pod: prepare() -------------------------------> engine
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lamina_engine.chat_template import ChatTemplateError
+from lamina_engine.sampling_params import InvalidSamplingParams, SamplingParams
+from lamina_engine.serving.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    KVTransferHandle,
+    OpenAIError,
+)
+
+Kind = Literal["completions", "chat"]
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    kind: Kind
+    model: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage
+    return_token_ids: bool = False
+    kv_handle: str | None = None  # kv_transfer.request_id: the prompt's KV comes from a prefill
+
+    def to_wire(self, kv_handle: str | None = None) -> dict[str, Any]:
+        """The JSON body a pod's /v1/internal/generate and /v1/internal/prefill take."""
+        body = dataclasses.asdict(self)
+        body["params"] = dataclasses.asdict(self.params)
+        if kv_handle is not None:
+            body["kv_handle"] = kv_handle
+        return body
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> PreparedRequest:
+        """A router's body; OpenAIError 400 when it is malformed (a version mismatch)."""
+        try:
+            w = _Wire.model_validate(body)
+            params = SamplingParams(**w.params)
+        except (ValidationError, InvalidSamplingParams, TypeError) as exc:
+            raise OpenAIError(400, f"invalid prepared request: {exc}") from None
+        return cls(w.kind, w.model, w.prompt_ids, params, w.stream, w.include_usage,
+                   w.return_token_ids, w.kv_handle)  # fmt: skip
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Kind
+    model: str
+    prompt_ids: list[int] = Field(min_length=1)
+    params: dict[str, Any]
+    stream: bool = False
+    include_usage: bool = False
+    return_token_ids: bool = False
+    kv_handle: str | None = Field(None, min_length=1, max_length=200)
+
+
+def prepare(
+    kind: Kind, req: CompletionRequest | ChatCompletionRequest, tokenizer
+) -> PreparedRequest:
+    """Tokenize and validate `req` (OpenAIError 400 on what a client got wrong)."""
+    defaults = tokenizer.generation_defaults if tokenizer is not None else {}
+    params = sampling_params(req, defaults)
+    ids = prompt_ids(req, tokenizer)
+    handle: KVTransferHandle | None = req.kv_transfer
+    usage = req.stream_options is not None and req.stream_options.include_usage
+    return PreparedRequest(kind, req.model, ids, params, req.stream, usage,
+                           req.return_token_ids, handle.request_id if handle else None)  # fmt: skip
+
+
+def sampling_params(
+    req: CompletionRequest | ChatCompletionRequest, defaults: dict
+) -> SamplingParams:
+    """The request's SamplingParams (model's generation_config fills what it leaves out)."""
+    if req.n != 1:
+        raise OpenAIError(400, f"n={req.n} is not supported; only n=1 (send n requests)", param="n")
+    if req.presence_penalty or req.frequency_penalty:
+        raise OpenAIError(
+            400, "presence_penalty and frequency_penalty are not supported; leave them at 0",
+            param="presence_penalty",
+        )  # fmt: skip
+    if isinstance(req, CompletionRequest):
+        if req.echo:
+            raise OpenAIError(400, "echo=true is not supported", param="echo")
+        if req.best_of not in (None, 1):
+            raise OpenAIError(400, "best_of > 1 is not supported", param="best_of")
+        if req.suffix:
+            raise OpenAIError(400, "suffix is not supported", param="suffix")
+        logprobs = req.logprobs
+    else:
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    max_tokens = _pick(
+        req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens,
+        defaults.get("max_tokens"),
+        16,
+    )
+    kwargs: dict[str, Any] = dict(
+        max_tokens=max_tokens,
+        temperature=_pick(req.temperature, defaults.get("temperature"), 1.0),
+        top_p=_pick(req.top_p, defaults.get("top_p"), 1.0),
+        top_k=_pick(req.top_k, defaults.get("top_k"), 0),
+        min_p=_pick(req.min_p, defaults.get("min_p"), 0.0),
+        seed=req.seed,
+        stop=req.stop,
+        stop_token_ids=req.stop_token_ids,
+        ignore_eos=req.ignore_eos,
+        logprobs=logprobs,
+    )
+    try:
+        return SamplingParams(**kwargs)
+    except InvalidSamplingParams as exc:
+        # "SamplingParams.top_p=2 is invalid: ..." -> param "top_p"
+        param = str(exc).split("=", 1)[0].removeprefix("SamplingParams.")
+        raise OpenAIError(400, str(exc), param=param) from None
+
+
+def _pick(value, default, fallback):
+    if value is not None:
+        return value
+    return default if default is not None else fallback
+
+
+def prompt_ids(req: CompletionRequest | ChatCompletionRequest, tok) -> list[int]:
+    """The prompt as token ids: chat through the model's template, text through `tok`."""
+    if isinstance(req, ChatCompletionRequest):
+        if tok is None:
+            raise OpenAIError(400, "this model has no tokenizer: chat is unavailable")
+        try:
+            msgs = [m.model_dump(exclude_none=True) for m in req.messages]
+            text = tok.apply_chat_template(msgs, add_generation_prompt=True, tools=req.tools)
+        except (ChatTemplateError, ValueError, TypeError) as exc:
+            raise OpenAIError(400, f"messages: {exc}", param="messages") from None
+        return tok.encode(text, add_special_tokens=False)
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        if len(prompt) != 1:
+            raise OpenAIError(400, "send one prompt per request", param="prompt")
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        if tok is None:
+            raise OpenAIError(400, "this model has no tokenizer: send token ids", param="prompt")
+        return tok.encode(prompt)
+    if not prompt:
+        raise OpenAIError(400, "the prompt is empty", param="prompt")
+    return list(prompt)
