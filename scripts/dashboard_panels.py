@@ -300,7 +300,7 @@ SERVING: list[Row] = [
                 "KV failures and fallbacks by reason",
                 (
                     _t(
-                        f"sum by (reason) (rate(lamina_kv_fallback_total{{{SEL}}}[{RI}])) or vector(0)",
+                        f"sum by (reason) (rate(lamina_kv_fallback_total{{{SEL}}}[{RI}])) or on () vector(0)",
                         "{{reason}}",
                     ),
                 ),
@@ -488,7 +488,7 @@ AUTOSCALING: list[Row] = [
                 (
                     _t(
                         f"sum by (kind, reason) (rate(lamina_operator_reconcile_errors_total[{RI}])) "
-                        "or vector(0)",
+                        "or on () vector(0)",
                         "{{kind}} {{reason}}",
                     ),
                 ),

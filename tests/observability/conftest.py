@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # pytest runs with --import-mode=importlib: make the chart helpers and this folder importable.
 sys.path.insert(0, str(ROOT / "tests" / "chart"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "scripts"))  # monitoring_stack
 
 from chart_helpers import HELM_CACHE  # noqa: E402
 
