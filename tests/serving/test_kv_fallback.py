@@ -50,15 +50,20 @@ def expected(unified) -> list[int]:
     return complete(unified.url)["token_ids"]
 
 
-def _fallback_case(stack, expected, reason: str, handle: str) -> None:
-    before = stack.fallbacks.get(reason, 0)
-    got = complete(stack.decode.url, handle)
+def _fallback_case(decode, expected, reason: str, handle: str) -> None:
+    fallbacks = decode.server.async_engine.fallbacks
+    before = fallbacks.get(reason, 0)
+    got = complete(decode.url, handle)
     assert got["token_ids"] == expected
-    assert stack.fallbacks.get(reason, 0) == before + 1
+    assert fallbacks.get(reason, 0) == before + 1
 
 
-def test_kv_never_published_times_out_and_recomputes(stack, expected):
-    _fallback_case(stack, expected, "KVTimeout", f"missing-{uuid.uuid4().hex}")
+def test_kv_never_published_times_out_and_recomputes(start, tiny_model, redis_server, expected):
+    # A decode pod of its own with a 0.5 s deadline: waiting out the stack's 5 s (kept for the
+    # race against the router's notice below) would show nothing more.
+    decode = start(role="decode", model=str(tiny_model), kv_backend="redis", deployment="test",
+                   kv_redis_url=redis_server.url, kv_wait_seconds=0.5)  # fmt: skip
+    _fallback_case(decode, expected, "KVTimeout", f"missing-{uuid.uuid4().hex}")
 
 
 def test_corrupt_kv_recomputes(stack, expected, redis_server):
@@ -66,26 +71,26 @@ def test_corrupt_kv_recomputes(stack, expected, redis_server):
     blob = bytearray(kv_blob())
     blob[200] ^= 0xFF  # one flipped byte in the payload
     put(redis_server.url, handle, bytes(blob))
-    _fallback_case(stack, expected, "KVCorrupt", handle)
+    _fallback_case(stack.decode, expected, "KVCorrupt", handle)
 
 
 def test_truncated_kv_recomputes(stack, expected, redis_server):
     handle = f"trunc-{uuid.uuid4().hex}"
     put(redis_server.url, handle, kv_blob()[:-100])
-    _fallback_case(stack, expected, "KVCorrupt", handle)
+    _fallback_case(stack.decode, expected, "KVCorrupt", handle)
 
 
 def test_kv_for_another_prompt_recomputes(stack, expected, redis_server):
     handle = f"shape-{uuid.uuid4().hex}"
     put(redis_server.url, handle, kv_blob(N_PROMPT - 3))
-    _fallback_case(stack, expected, "KVCorrupt", handle)
+    _fallback_case(stack.decode, expected, "KVCorrupt", handle)
 
 
 def test_expired_kv_recomputes(stack, expected, redis_server):
     handle = f"expired-{uuid.uuid4().hex}"
     put(redis_server.url, handle, kv_blob(), ttl_s=0.05)
     asyncio.run(asyncio.sleep(0.3))
-    _fallback_case(stack, expected, "KVMissing", handle)
+    _fallback_case(stack.decode, expected, "KVMissing", handle)
 
 
 def test_prefill_dying_mid_transfer_recomputes(stack, expected, monkeypatch):
