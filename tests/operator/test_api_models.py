@@ -69,7 +69,7 @@ def test_cross_field_messages_say_what_to_fix(gpu_spec, minimal_spec):
     assert "redis.url is missing" in _error(no_redis)
 
     local = dict(minimal_spec, engine={"kvTransfer": {"backend": "local"}})
-    assert "use redis or nixl, or set prefill.replicas: 0" in _error(local)
+    assert "use redis, or set prefill.replicas: 0" in _error(local)
     ServingDeploymentSpec.model_validate(dict(local, prefill={"replicas": 0}))
 
 

@@ -68,12 +68,16 @@ def test_router_flags_point_at_pool_services(gpu_spec):
 
 def test_password_only_by_secret_reference(gpu_spec):
     built = _children(gpu_spec)
-    for role in ("prefill", "decode", "router"):
+    for role in ("prefill", "decode"):
         env = _env(_container(built[("Deployment", f"qwen-{role}")].manifest))
         assert env["LAMINA_KV_REDIS_PASSWORD"] == {
             "name": "LAMINA_KV_REDIS_PASSWORD",
             "valueFrom": {"secretKeyRef": {"name": "kv-redis", "key": "password"}},
         }
+    # the router never talks to Redis: it does not get the password
+    assert "LAMINA_KV_REDIS_PASSWORD" not in _env(
+        _container(built[("Deployment", "qwen-router")].manifest)
+    )
     # user env comes after ours
     prefill_env = _container(built[("Deployment", "qwen-prefill")].manifest)["env"]
     assert prefill_env[-1] == {"name": "NCCL_DEBUG", "value": "WARN"}

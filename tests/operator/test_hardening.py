@@ -97,3 +97,120 @@ def test_bad_network_peers_are_refused(minimal_spec, peer, words):
     minimal_spec["networkPolicy"] = {"clientsFrom": [peer]}
     with pytest.raises(ValidationError, match=words):
         ServingDeploymentSpec.model_validate(minimal_spec)
+
+
+def _container(children, name):
+    return children[("Deployment", name)]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_pods_without_resources_get_burstable_defaults(minimal_spec):
+    built = _children(minimal_spec)
+    for role in ("prefill", "decode"):
+        assert _container(built, f"qwen-{role}")["resources"] == {
+            "requests": {"cpu": "4", "memory": "16Gi"},
+            "limits": {"memory": "64Gi"},  # no CPU limit: throttling stalls decode steps
+        }
+    assert _container(built, "qwen-router")["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi"},
+        "limits": {"memory": "8Gi"},
+    }
+
+
+def test_a_resource_the_user_names_is_left_as_written(gpu_spec):
+    built = _children(gpu_spec)
+    # prefill names cpu and memory (requests only): no default limit may undercut them
+    assert _container(built, "qwen-prefill")["resources"] == {
+        "requests": {"cpu": "8", "memory": "64Gi"},
+        "limits": {"nvidia.com/gpu": "1"},
+    }
+    # decode names only the GPU: cpu and memory still get defaults
+    assert _container(built, "qwen-decode")["resources"] == {
+        "requests": {"cpu": "4", "memory": "16Gi"},
+        "limits": {"nvidia.com/gpu": "1", "memory": "64Gi"},
+    }
+
+
+def _flags(args):
+    return {args[i]: args[i + 1] for i in range(0, len(args) - 1) if args[i].startswith("--")}
+
+
+def test_managed_redis_has_limits_maxmemory_and_ttl_eviction(minimal_spec):
+    minimal_spec["engine"] = {"kvTransfer": {"redis": {"memory": "8Gi"}}}
+    c = _container(_children(minimal_spec), "qwen-redis")
+    assert c["resources"]["limits"]["memory"] == c["resources"]["requests"]["memory"] == "8Gi"
+    flags = _flags(c["args"])
+    assert int(flags["--maxmemory"]) == 6 * 2**30  # 3/4 of the limit
+    assert flags["--maxmemory-policy"] == "volatile-ttl"
+    assert flags["--port"] == "6379" and "--tls-port" not in flags
+
+
+def test_managed_redis_tls_serves_the_secret_and_engines_trust_its_ca(minimal_spec):
+    minimal_spec["engine"] = {"kvTransfer": {"redis": {"tls": {"secretName": "kv-tls"}}}}
+    built = _children(minimal_spec)
+    redis = built[("Deployment", "qwen-redis")]
+    flags = _flags(_container(built, "qwen-redis")["args"])
+    assert flags["--port"] == "0" and flags["--tls-port"] == "6379"
+    assert flags["--tls-cert-file"] == "/etc/redis/tls/tls.crt"
+    assert {"name": "tls", "secret": {"secretName": "kv-tls"}} in redis["spec"]["template"]["spec"][
+        "volumes"
+    ]
+    url = built[("ConfigMap", "qwen-engine")]["data"]["LAMINA_KV_REDIS_URL"]
+    assert url == "rediss://qwen-redis.serving.svc:6379/0?ssl_ca_certs=/etc/lamina/redis-ca/ca.crt"
+    for role in ("prefill", "decode"):
+        pod = built[("Deployment", f"qwen-{role}")]["spec"]["template"]["spec"]
+        # only the CA key: an engine never holds the Redis server's private key
+        assert {
+            "name": "redis-ca",
+            "secret": {"secretName": "kv-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]},
+        } in pod["volumes"]
+        assert {"name": "redis-ca", "mountPath": "/etc/lamina/redis-ca", "readOnly": True} in (
+            pod["containers"][0]["volumeMounts"]
+        )
+    router = built[("Deployment", "qwen-router")]["spec"]["template"]["spec"]
+    assert all(v["name"] != "redis-ca" for v in router["volumes"])
+    for manifest in built.values():
+        kubernetes_validate.validate(manifest, "1.25", strict=True)
+
+
+def test_external_rediss_takes_a_ca(gpu_spec):
+    redis = gpu_spec["engine"]["kvTransfer"]["redis"]
+    redis.update(url="rediss://redis.kv.svc:6380/0", tls={"secretName": "kv-ca", "caKey": "ca.pem"})
+    built = _children(gpu_spec)
+    data = built[("ConfigMap", "qwen-engine")]["data"]
+    assert data["LAMINA_KV_REDIS_URL"] == (
+        "rediss://redis.kv.svc:6380/0?ssl_ca_certs=/etc/lamina/redis-ca/ca.crt"
+    )
+    pod = built[("Deployment", "qwen-decode")]["spec"]["template"]["spec"]
+    assert {
+        "name": "redis-ca",
+        "secret": {"secretName": "kv-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]},
+    } in pod["volumes"]
+
+
+@pytest.mark.parametrize(
+    "kv, words",
+    [
+        ({"backend": "nixl"}, "nixl is not supported yet"),
+        ({"redis": {"url": "redis://r:6379/0", "tls": {"secretName": "ca"}}}, "plain redis://"),
+        ({"redis": {"url": "rediss://r:6379/0?ssl_ca_certs=/x"}}, "redis.tls.secretName"),
+        ({"redis": {"memory": "1Mi"}}, "below 64Mi"),
+        ({"redis": {"memory": "lots"}}, "should match pattern"),
+    ],
+)
+def test_admission_refuses_what_would_fail_later(minimal_spec, kv, words):
+    minimal_spec["engine"] = {"kvTransfer": kv}
+    with pytest.raises(ValidationError, match=words):
+        ServingDeploymentSpec.model_validate(minimal_spec)
+
+
+def test_nixl_is_reported_as_invalid_spec(cluster, reconciler, sd_factory, minimal_spec):
+    minimal_spec["engine"] = {"kvTransfer": {"backend": "nixl"}}
+    sd_factory("qwen", minimal_spec)
+    body = cluster.get("lamina.dev/v1alpha1", "ServingDeployment", "serving", "qwen")
+    outcome = reconciler.reconcile(body)
+    (problem,) = outcome.problems
+    assert problem.reason == "InvalidSpec" and not problem.retryable
+    assert "nixl is not supported yet" in problem.message
+    degraded = {c["type"]: c for c in outcome.status["conditions"]}["Degraded"]
+    assert degraded["status"] == "True" and "use backend: redis" in degraded["message"]
+    assert cluster.get("apps/v1", "Deployment", "serving", "qwen-decode") is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -49,7 +49,9 @@ class RedisTransportConfig(BaseModel):
     username: str | None = None
     password: SecretStr | None = Field(None, description="Overrides a password in the URL.")
     ssl: bool = Field(False, description="Use TLS even with a redis:// URL.")
-    ssl_ca_certs: str | None = Field(None, description="CA bundle to verify the server.")
+    ssl_ca_certs: str | None = Field(
+        None, description="CA bundle to verify the server; also read from ?ssl_ca_certs= in url."
+    )
     ssl_certfile: str | None = Field(None, description="Client certificate (mutual TLS).")
     ssl_keyfile: str | None = None
     ssl_check_hostname: bool = True
@@ -75,6 +77,25 @@ class RedisTransportConfig(BaseModel):
         if parts.port is not None:
             netloc += f":{parts.port}"
         data["url"] = urlunsplit(parts._replace(netloc=netloc))
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ca_out_of_url(cls, data: Any) -> Any:
+        """Take `?ssl_ca_certs=/path/ca.crt` off the URL into `ssl_ca_certs` (an explicit one
+        wins): the operator names the CA it mounted this way, inside LAMINA_KV_REDIS_URL."""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        ca = [value for key, value in query if key == "ssl_ca_certs"]
+        if not ca:
+            return data
+        data = dict(data)
+        if data.get("ssl_ca_certs") is None:
+            data["ssl_ca_certs"] = ca[-1]
+        rest = urlencode([(key, value) for key, value in query if key != "ssl_ca_certs"])
+        data["url"] = urlunsplit(parts._replace(query=rest))
         return data
 
     @field_validator("url")

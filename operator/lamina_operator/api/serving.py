@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..constants import DEFAULT_ENGINE_IMAGE
 from .autoscaling import AutoscalingPolicySpec
-from .common import KubeModel, LocalObjectRef, PodPlacement, SecretKeyRef
+from .common import KubeModel, LocalObjectRef, PodPlacement, ResourceRequirements, SecretKeyRef
 from .network import NetworkPolicySpec
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -26,6 +26,9 @@ _HF = re.compile(
 )
 _PVC = re.compile(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/\s]+)*/?$")
 _S3 = re.compile(r"^s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](/[^\s]*)?$")
+# Memory of the managed Redis: a binary or decimal size the builder turns into bytes.
+_REDIS_MEMORY = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+MiB = 1 << 20
 
 
 class ModelSpec(KubeModel):
@@ -114,6 +117,26 @@ class SpeedSpec(KubeModel):
         return self
 
 
+class RedisTlsSpec(KubeModel):
+    """TLS to Redis, verified against a CA kept in a Secret."""
+
+    secret_name: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        max_length=253,
+        description=(
+            "Secret in this namespace. Its CA (caKey) verifies Redis's certificate; prefill and "
+            "decode pods mount only that key. Managed Redis: the Secret also holds the server's "
+            "tls.crt and tls.key (a cert-manager Certificate's Secret has all three), and the "
+            "certificate must name <name>-redis.<namespace>.svc."
+        ),
+    )
+    ca_key: str = Field(
+        default="ca.crt",
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key of the PEM CA bundle in the Secret.",
+    )
+
+
 class RedisSpec(KubeModel):
     """Redis used for KV transfer: an existing one (url + secret) or one the operator runs."""
 
@@ -133,6 +156,23 @@ class RedisSpec(KubeModel):
         default=None, description="Secret key holding the Redis password (never inline)."
     )
     image: str | None = Field(default=None, description="managed: Redis image override.")
+    memory: str = Field(
+        default="4Gi",
+        pattern=_REDIS_MEMORY,
+        description=(
+            "managed: memory request and limit of the Redis container (e.g. 4Gi). Redis gets "
+            "maxmemory = 3/4 of it (the rest covers fragmentation and client buffers of "
+            "multi-MiB KV reads) and evicts with volatile-ttl. Size it to the KV bytes of the "
+            "prompts shipped within ttlSeconds."
+        ),
+    )
+    tls: RedisTlsSpec | None = Field(
+        default=None,
+        description=(
+            "TLS with a CA from a Secret. External Redis: the url must be rediss://. Managed "
+            "Redis: serves TLS only, with the Secret's certificate."
+        ),
+    )
 
     @property
     def runs_managed(self) -> bool:
@@ -151,14 +191,43 @@ class RedisSpec(KubeModel):
                 "redis.managed is true, so the operator sets url and password itself: "
                 "remove redis.url and redis.passwordSecretRef, or set managed: false"
             )
+        if self.tls is not None and self.url is not None and not self.url.startswith("rediss://"):
+            raise ValueError(
+                f"redis.tls is set but redis.url {self.url!r} is plain redis://: write "
+                "rediss://host:port/db so the engines speak TLS, or remove redis.tls"
+            )
+        if self.url is not None and "ssl_ca_certs" in self.url:
+            raise ValueError(
+                "redis.url names ssl_ca_certs; put the CA in a Secret and set redis.tls.secretName "
+                "instead (the operator mounts it and points the engines at it)"
+            )
+        if self.runs_managed and size_bytes(self.memory) < 64 * MiB:
+            raise ValueError(
+                f"redis.memory {self.memory!r} is below 64Mi; Redis and one KV group do not fit"
+            )
         return self
+
+
+def size_bytes(quantity: str) -> int:
+    """'4Gi' -> 4 * 2**30, '500M' -> 500 * 10**6 (the shapes `_REDIS_MEMORY` admits)."""
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}  # fmt: skip
+    match = re.fullmatch(r"([0-9]+)([A-Za-z]*)", quantity)
+    if match is None:
+        raise ValueError(f"{quantity!r} is not a size such as 4Gi or 500M")
+    return int(match[1]) * units.get(match[2], 1)
 
 
 class KvTransferSpec(KubeModel):
     """How prefill pods ship KV cache to decode pods (docs/design.md §3.7)."""
 
     backend: KvBackend = Field(
-        default="redis", description="redis (default), nixl (RDMA) or local (one process only)."
+        default="redis",
+        description=(
+            "redis (default) or local (one process only, prefill.replicas 0). nixl (RDMA) is "
+            "refused for now: nothing tells a decode pod which prefill pod holds a request's "
+            "KV yet, so its pods would fail."
+        ),
     )
     redis: RedisSpec = Field(default_factory=RedisSpec, description="Redis settings.")
     ttl_seconds: int = Field(
@@ -191,6 +260,15 @@ class PoolSpec(PodPlacement):
     """A prefill or decode pool."""
 
     replicas: int = Field(default=1, ge=0, le=1000, description="Pods in this pool.")
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description=(
+            "Container resources. The engine uses one device per pod: give nvidia.com/gpu: 1 "
+            "(limits) and a model that fits it. cpu or memory named neither in requests nor "
+            "in limits default to requests {cpu: 4, memory: 16Gi} and limits {memory: 64Gi} "
+            "(no CPU limit: throttling stalls decode steps)."
+        ),
+    )
 
 
 class RoutingSpec(KubeModel):
@@ -218,6 +296,13 @@ class RouterSpec(PodPlacement):
     """The OpenAI-compatible router in front of the pools."""
 
     replicas: int = Field(default=1, ge=1, le=1000, description="Router pods.")
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description=(
+            "Container resources. cpu or memory named neither in requests nor in limits "
+            "default to requests {cpu: 1, memory: 2Gi} and limits {memory: 8Gi}."
+        ),
+    )
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="Routing knobs.")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
         default="ClusterIP", description="Type of the router Service (the endpoint)."
@@ -265,10 +350,16 @@ class ServingDeploymentSpec(KubeModel):
                 f"decode.replicas is 0 but prefill.replicas is {self.prefill.replicas}: prefill "
                 "pods hand every request to a decode pod; set decode.replicas >= 1"
             )
+        if self.engine.kv_transfer.backend == "nixl":
+            raise ValueError(
+                "kvTransfer.backend nixl is not supported yet: a decode pod must be told which "
+                "prefill pod holds each request's KV, and nothing does that, so decode pods "
+                "would fail at start; use backend: redis"
+            )
         if self.engine.kv_transfer.backend == "local" and self.prefill.replicas > 0:
             raise ValueError(
                 "kvTransfer.backend local only works inside one process, but prefill and decode "
-                "run in separate pods: use redis or nixl, or set prefill.replicas: 0"
+                "run in separate pods: use redis, or set prefill.replicas: 0"
             )
         speed, layers = self.engine.speed, self.model.num_layers
         if speed.prefill_layers is not None and layers is not None:

@@ -16,15 +16,41 @@ from ..api import ServingDeploymentSpec
 from ..constants import REDIS_PORT
 from .names import Owner, child_name, config_map_name, metadata, service_host
 
+# Where prefill and decode pods mount the CA of `redis.tls` (only that key of its Secret).
+REDIS_CA_DIR = "/etc/lamina/redis-ca"
+REDIS_CA_FILE = f"{REDIS_CA_DIR}/ca.crt"
+
 
 def redis_url(owner: Owner, spec: ServingDeploymentSpec) -> str | None:
-    """URL engines use for KV transfer: the managed Redis Service, or the user's Redis."""
+    """URL engines use for KV transfer: the managed Redis Service, or the user's Redis.
+
+    With redis.tls the URL is rediss:// and names the mounted CA in its query
+    (`?ssl_ca_certs=/etc/lamina/redis-ca/ca.crt`), which the engine's RedisTransportConfig
+    reads as its CA bundle.
+    """
     kv = spec.engine.kv_transfer
     if kv.backend != "redis":
         return None
+    tls = kv.redis.tls is not None
     if kv.managed_redis:
-        return f"redis://{service_host(owner, 'redis')}:{REDIS_PORT}/0"
-    return kv.redis.url
+        url = f"{'rediss' if tls else 'redis'}://{service_host(owner, 'redis')}:{REDIS_PORT}/0"
+    else:
+        url = kv.redis.url
+    if tls:
+        url += ("&" if "?" in url else "?") + f"ssl_ca_certs={REDIS_CA_FILE}"
+    return url
+
+
+def redis_ca_volume(spec: ServingDeploymentSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(volume, mount) of the Redis CA for prefill and decode pods: only the CA key of the
+    redis.tls Secret (never a managed Redis's private key), or None without TLS."""
+    kv = spec.engine.kv_transfer
+    if kv.backend != "redis" or kv.redis.tls is None:
+        return None
+    tls = kv.redis.tls
+    items = [{"key": tls.ca_key, "path": REDIS_CA_FILE.rsplit("/", 1)[1]}]
+    volume = {"name": "redis-ca", "secret": {"secretName": tls.secret_name, "items": items}}
+    return volume, {"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": True}
 
 
 def engine_env(owner: Owner, spec: ServingDeploymentSpec) -> dict[str, str]:

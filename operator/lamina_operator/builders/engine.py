@@ -18,7 +18,7 @@ from ..api import ServingDeploymentSpec
 from ..api.common import PodPlacement
 from ..constants import CONFIG_HASH_ANNOTATION, ENGINE_PORT
 from . import pods
-from .config import password_secret
+from .config import password_secret, redis_ca_volume
 from .names import (
     Owner,
     child_name,
@@ -72,6 +72,13 @@ def build_pool_deployment(
     _, model_volume = pods.model_location(spec.model.source)
     # The router reads the model only for its tokenizer and config; it needs no /dev/shm.
     vols, mounts = pods.volumes(model_volume, shm=is_engine)
+    # Only prefill and decode pods talk to Redis: the router gets neither password nor CA.
+    password = password_secret(owner, spec) if is_engine else None
+    ca = redis_ca_volume(spec) if is_engine else None
+    if ca is not None:
+        vols.append(ca[0])
+        mounts.append(ca[1])
+    defaults = pods.ENGINE_DEFAULT_RESOURCES if is_engine else pods.ROUTER_DEFAULT_RESOURCES
     container: dict[str, Any] = {
         "name": "engine",
         "image": spec.engine.image,
@@ -80,8 +87,8 @@ def build_pool_deployment(
         "args": engine_args(owner, spec, role),
         "ports": [{"name": "http", "containerPort": ENGINE_PORT, "protocol": "TCP"}],
         "envFrom": [{"configMapRef": {"name": config_map_name(owner)}}],
-        "env": pods.base_env(password_secret(owner, spec)) + pods.user_env(placement),
-        "resources": pods.resources(placement),
+        "env": pods.base_env(password) + pods.user_env(placement),
+        "resources": pods.resources(placement, defaults),
         **pods.probes(ENGINE_STARTUP_SECONDS if is_engine else ROUTER_STARTUP_SECONDS),
         "securityContext": pods.container_security_context(),
         "volumeMounts": mounts,

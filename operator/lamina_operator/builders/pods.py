@@ -119,15 +119,37 @@ def user_env(placement: PodPlacement) -> list[dict[str, Any]]:
     return [var.model_dump(by_alias=True, exclude_none=True) for var in placement.env]
 
 
-def resources(placement: PodPlacement) -> dict[str, Any]:
-    """Resource maps with quantities as strings (the apiserver's canonical form for ints)."""
+# cpu and memory a pod gets when its spec names neither in requests nor limits (Burstable QoS
+# instead of BestEffort, so an engine is never the first evicted under node pressure).
+# Engines: the step loop and tokenizer want a few cores; host memory holds the checkpoint while
+# it loads (safetensors pages) and the pinned KV staging buffers. The router is one asyncio
+# process. No CPU limit: CFS throttling would stall a decode step mid-batch (every running
+# request's next token), whereas a memory limit only bounds a leak.
+ENGINE_DEFAULT_RESOURCES = {
+    "requests": {"cpu": "4", "memory": "16Gi"},
+    "limits": {"memory": "64Gi"},
+}
+ROUTER_DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+
+
+def resources(placement: PodPlacement, defaults: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Resource maps with quantities as strings (the apiserver's canonical form for ints).
+
+    A resource (cpu, memory) the user names in requests or limits is left exactly as written;
+    one they name nowhere gets its request and limit from `defaults`, so a default limit can
+    never fall below a request the user set.
+    """
     res = placement.resources
-    out: dict[str, Any] = {}
-    if res.requests:
-        out["requests"] = {k: str(v) for k, v in res.requests.items()}
-    if res.limits:
-        out["limits"] = {k: str(v) for k, v in res.limits.items()}
-    return out
+    out: dict[str, dict[str, str]] = {
+        "requests": {k: str(v) for k, v in res.requests.items()},
+        "limits": {k: str(v) for k, v in res.limits.items()},
+    }
+    named = set(res.requests) | set(res.limits)
+    for section, values in defaults.items():
+        for name, quantity in values.items():
+            if name not in named:
+                out[section][name] = quantity
+    return {section: values for section, values in out.items() if values}
 
 
 def scheduling(placement: PodPlacement) -> dict[str, Any]:
