@@ -52,8 +52,9 @@ RULES: list[dict[str, list[str]]] = [
         "resources": ["networkpolicies"],
         "verbs": ["get", "list", "create", "patch", "delete"],
     },
-    # The autoscaler finds the ready pool pods (their IPs) to read their /metrics.
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    # The autoscaler finds the ready pool pods (their IPs) to read their /metrics, and sets
+    # their pod-deletion-cost before a scale-in.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "patch"]},
     # Events about what the operator did (kopf posts core/v1 Events).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

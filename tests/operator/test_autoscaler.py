@@ -296,3 +296,19 @@ def test_reconcile_keeps_and_reports_the_autoscaled_replicas(world, pods, record
     assert replicas(world, "decode") == 6  # not reverted to spec.decode.replicas (3)
     pools = {p["name"]: p for p in outcome.status["pools"]}
     assert pools["decode"]["desiredReplicas"] == 6
+
+
+def test_scale_in_marks_the_least_busy_pods_for_deletion(world, pods, recorder):
+    world.patch(API_VERSION, POLICY_KIND, NS, "latency-slo",
+                {"spec": {"scaleDown": {"stabilizationWindowSeconds": 0, "maxStep": 1}}})  # fmt: skip
+    for pod, running in zip(pods["decode"], (9, 2, 5)):
+        pod.load(running=running, kv=0.1)
+    decision = Autoscaler(world, recorder, Clock()).evaluate(NS, "qwen")
+    # KV 0.1 of 0.8 on 3 pods: down, one step; the first scrape has no latencies yet
+    assert decision.reason == "ScaledDown" and replicas(world, "decode") == 2, decision.message()
+    costs = {
+        f"qwen-decode-{i}": world.get("v1", "Pod", NS, f"qwen-decode-{i}")["metadata"]
+        ["annotations"]["controller.kubernetes.io/pod-deletion-cost"]
+        for i in range(3)
+    }  # fmt: skip
+    assert costs == {"qwen-decode-0": "9", "qwen-decode-1": "2", "qwen-decode-2": "5"}

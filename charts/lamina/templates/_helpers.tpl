@@ -89,10 +89,11 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "create", "patch", "delete"]
-# The autoscaler finds the ready pool pods (their IPs) to read their /metrics.
+# The autoscaler finds the ready pool pods (their IPs) to read their /metrics, and sets
+# their pod-deletion-cost before a scale-in.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -13,8 +13,10 @@ without restarts. Steps:
 4. active mode: patch spec.replicas of each pool whose replicas change; advisory: nothing;
 5. an Event per recorded decision that changes (or would change) replicas, a Warning Event per
    manual change, status.autoscaling (record.py) and the lamina_autoscaler_* metrics.
-Scale-in lowers spec.replicas and lets the ReplicaSet choose the pod: it is not drained yet
-(docs/autoscaling.md says what that means).
+Scale-in first sets each ready pod's pod-deletion-cost to its in-flight work, then lowers
+spec.replicas: the ReplicaSet removes the least busy pods, which drain on SIGTERM (the engine
+refuses new requests and finishes those in flight). It is not the full drain (mark draining,
+wait, then remove): docs/autoscaling.md says what is missing.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .observation import POOLS, Observation, PoolObservation, RouterSample, merg
 from .scrape import MetricsError, PodScraper, PrometheusReader
 
 HISTORY_SECONDS = 3600 * 2  # longest stabilisation window (1 h) with room
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 
 class Autoscaler:
@@ -101,6 +104,8 @@ class Autoscaler:
         applied = decision.mode == "active"
         if decision.apply:
             for pool, p in decision.pools.items():
+                if p.desired < p.current:
+                    self._deletion_costs(namespace, obs.pools[pool])
                 if p.desired != p.current:
                     self.client.patch("apps/v1", "Deployment", namespace, f"{name}-{pool}",
                                       {"spec": {"replicas": p.desired}})  # fmt: skip
@@ -112,6 +117,15 @@ class Autoscaler:
         self.histories[key] = [h for h in history if h.time > now - HISTORY_SECONDS] + [entry]
         self._report(body, policy, policy_name, previous, decision, applied)
         return decision
+
+    def _deletion_costs(self, namespace: str, pool: PoolObservation) -> None:
+        """Before a scale-in: each ready pod's in-flight work (running + waiting requests) as
+        its pod-deletion-cost, so the ReplicaSet removes the least busy pods first (honoured
+        from Kubernetes 1.22; not-ready pods go first anyway)."""
+        for pod in pool.pods:
+            cost = str(int(pod.running + pod.waiting_requests))
+            self.client.patch("v1", "Pod", namespace, pod.name,
+                              {"metadata": {"annotations": {DELETION_COST: cost}}})  # fmt: skip
 
     def _observe(self, namespace, name, spec, policy, deployments, now) -> Observation:
         targets = {
