@@ -100,9 +100,12 @@ class EngineMetrics:
         records = stats.step_records
         if records is None:
             return
-        for rec in list(records):
+        new = []  # only the records since the last call: walk back from the newest
+        for rec in reversed(records):
             if rec.index <= self._step:
-                continue
+                break
+            new.append(rec)
+        for rec in reversed(new):
             prompt_work = rec.scheduled_tokens > rec.decode_tokens or rec.layer_group is not None
             kind = "prefill" if prompt_work else "decode"
             self.step_seconds.labels(role, kind).observe(rec.model_seconds)
