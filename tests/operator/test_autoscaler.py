@@ -312,3 +312,25 @@ def test_scale_in_marks_the_least_busy_pods_for_deletion(world, pods, recorder):
         for i in range(3)
     }  # fmt: skip
     assert costs == {"qwen-decode-0": "9", "qwen-decode-1": "2", "qwen-decode-2": "5"}
+
+
+def test_scrape_turns_totals_into_rates_deltas_and_waiting_tokens():
+    from lamina_operator.autoscaling.scrape import PodTarget, parse, sample
+
+    pod = EnginePod("prefill")
+    try:
+        target = PodTarget("p", "uid-p", "unused", 100.0)
+        pod.load(ttft=0.2, n=10, tokens=2000)  # 10 prompts of 200 tokens so far
+        first = parse(generate_latest(pod.registry).decode(), now=0.0)
+        pod.load(ttft=0.3, n=5, tokens=1000)
+        pod.queue.labels("prefill").set(4)
+        second = parse(generate_latest(pod.registry).decode(), now=10.0)
+    finally:
+        pod.stop()
+    s = sample(target, second, first)
+    assert s.prefill_tokens_per_second == pytest.approx(100.0)
+    assert s.ttft[-1][1] == 5  # only the last interval's observations
+    assert dict(s.ttft)[0.5] == 5 and dict(s.ttft)[0.25] == 0
+    assert s.queued_prefill_tokens == pytest.approx(4 * 200)  # waiting x mean prompt
+    restarted = sample(target, first, second)  # totals went down: a restarted process
+    assert restarted.ttft[-1][1] == 10  # counted from zero, not negative

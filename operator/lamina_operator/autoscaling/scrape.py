@@ -3,10 +3,11 @@
 Names read (the engine's serving/metrics.py):
     lamina_request_ttft_seconds (histogram), lamina_request_tbt_seconds (histogram),
     lamina_queue_depth, lamina_running_batch_size, lamina_kv_cache_utilization (gauges),
-    lamina_prefill_tokens_total, lamina_decode_tokens_total (counters),
-    lamina_queued_prefill_tokens (gauge, optional).
-Without lamina_queued_prefill_tokens the waiting prompt tokens of a pod are estimated as its
-waiting requests x its mean prompt so far (prefill tokens computed / first tokens produced).
+    lamina_prefill_tokens_total, lamina_decode_tokens_total (counters).
+The waiting prompt tokens of a pod are its waiting requests x its mean prompt so far (prefill
+tokens computed / first tokens produced). Not lamina_prefill_queue_tokens: it also counts what
+is left of the prompts being computed, a remainder every pod carries, so its pool total grows
+with the pool and more pods would never bring it under target.
 
 A direct scrape sees counters and histograms as running totals: rates and histogram deltas
 come from the difference with the same pod's previous scrape (kept here, keyed by pod uid), so
@@ -28,8 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .observation import Histogram, PodSample
 
 TTFT, TBT = "lamina_request_ttft_seconds", "lamina_request_tbt_seconds"
-GAUGES = ("lamina_queue_depth", "lamina_running_batch_size", "lamina_kv_cache_utilization",
-          "lamina_queued_prefill_tokens")  # fmt: skip
+GAUGES = ("lamina_queue_depth", "lamina_running_batch_size", "lamina_kv_cache_utilization")
 COUNTERS = ("lamina_prefill_tokens_total", "lamina_decode_tokens_total")
 
 
@@ -93,17 +93,14 @@ def sample(target: PodTarget, cur: Snapshot, prev: Snapshot | None) -> PodSample
         return _delta(v.get(name, 0.0), prev.values.get(name)) / seconds
 
     waiting = v.get("lamina_queue_depth", 0.0)
-    queued = v.get("lamina_queued_prefill_tokens")
-    if queued is None:
-        firsts = v.get(f"{TTFT}_count", 0.0)
-        mean_prompt = v.get("lamina_prefill_tokens_total", 0.0) / firsts if firsts else 0.0
-        queued = waiting * mean_prompt
+    firsts = v.get(f"{TTFT}_count", 0.0)
+    mean_prompt = v.get("lamina_prefill_tokens_total", 0.0) / firsts if firsts else 0.0
     return PodSample(
         name=target.name,
         ready_seconds=target.ready_seconds,
         ttft=_hist(TTFT, cur, prev),
         tbt=_hist(TBT, cur, prev),
-        queued_prefill_tokens=queued,
+        queued_prefill_tokens=waiting * mean_prompt,
         waiting_requests=waiting,
         running=v.get("lamina_running_batch_size", 0.0),
         kv_utilization=v.get("lamina_kv_cache_utilization", 0.0),
@@ -186,11 +183,10 @@ class PrometheusReader:
                 name: tuple(sorted(buckets[t.name][name].items())) if buckets[t.name][name] else ()
                 for name in (TTFT, TBT)
             }
-            queued = v.get("lamina_queued_prefill_tokens")
-            if queued is None:  # mean prompt over the window: tokens / first tokens
-                firsts = hists[TTFT][-1][1] if hists[TTFT] else 0.0
-                tokens = v.get("lamina_prefill_tokens_total", 0.0) * window
-                queued = waiting * tokens / firsts if firsts else 0.0
+            # mean prompt over the window: prompt tokens / first tokens
+            firsts = hists[TTFT][-1][1] if hists[TTFT] else 0.0
+            tokens = v.get("lamina_prefill_tokens_total", 0.0) * window
+            queued = waiting * tokens / firsts if firsts else 0.0
             out.append(
                 PodSample(
                     t.name,
