@@ -334,3 +334,18 @@ def test_scrape_turns_totals_into_rates_deltas_and_waiting_tokens():
     assert s.queued_prefill_tokens == pytest.approx(4 * 200)  # waiting x mean prompt
     restarted = sample(target, first, second)  # totals went down: a restarted process
     assert restarted.ttft[-1][1] == 10  # counted from zero, not negative
+
+
+def test_each_deployment_keeps_its_own_scrapes(
+    world, pods, recorder, reconciler, sd_factory, gpu_spec
+):
+    # A second deployment (pools, no pods) must not make the first forget its last scrapes.
+    sd_factory("other", gpu_spec)
+    reconciler.reconcile(world.get(*SD, "other"))
+    clock = Clock()
+    auto = Autoscaler(world, recorder, clock)
+    auto.evaluate(NS, "qwen")
+    assert auto.evaluate(NS, "other") is not None
+    slow_decode(pods)
+    clock.now += 15
+    assert auto.evaluate(NS, "qwen").pools["decode"].desired == 6

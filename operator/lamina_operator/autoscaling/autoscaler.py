@@ -51,7 +51,8 @@ class Autoscaler:
         clock: Callable[[], float] = time.time,
     ):
         self.client, self.recorder, self.clock = client, recorder, clock
-        self.scraper = PodScraper()
+        # per deployment: the last scrape of each of its pods (rates need two)
+        self.scrapers: dict[tuple[str, str], PodScraper] = {}
         self.histories: dict[tuple[str, str], list[HistoryEntry]] = {}
         self.last_run: dict[tuple[str, str], float] = {}
 
@@ -76,6 +77,7 @@ class Autoscaler:
         body = self.client.get(API_VERSION, SERVING_KIND, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.histories.pop(key, None)
+            self.scrapers.pop(key, None)
             return None
         policy, policy_name = self.policy_for(namespace, body.get("spec") or {})
         if policy is None:
@@ -132,7 +134,8 @@ class Autoscaler:
             role: cluster_view.targets(self.client, namespace, name, role, now)
             for role in (*POOLS, "router")
         }
-        self.scraper.forget({t.uid for ts in targets.values() for t in ts})
+        scraper = self.scrapers.setdefault((namespace, name), PodScraper())
+        scraper.forget({t.uid for ts in targets.values() for t in ts})
         samples: dict[str, list] = {}
         error = None
         timeout = policy.metrics.timeout_seconds
@@ -143,7 +146,7 @@ class Autoscaler:
                     samples[role] = reader.read(namespace, ts, policy.evaluation_interval_seconds)
             else:
                 for role, ts in targets.items():
-                    samples[role] = self.scraper.read(ts, now, timeout)
+                    samples[role] = scraper.read(ts, now, timeout)
         except MetricsError as exc:
             error = str(exc)
         pools = {}
