@@ -3,6 +3,11 @@ test may compare them. Each rule names the code path that needs it.
 
 `CLUSTER_RULES` are needed only with --all-namespaces (kopf lists namespaces and CRDs, and
 uses a ClusterKopfPeering); the `RULES` apply in every watched namespace (or cluster-wide).
+`SECRET_RULES` are kept apart: a namespaced install grants them in each watched namespace, but
+with --all-namespaces the chart binds them only in the namespaces an administrator lists
+(`rbac.secretNamespaces`), so the operator cannot read every Secret in the cluster. RBAC has
+no label- or owner-scoped grant, and resourceNames cannot name Secrets of ServingDeployments
+not yet created, so the namespace is the narrowest unit that works.
 """
 
 from __future__ import annotations
@@ -34,11 +39,10 @@ RULES: list[dict[str, list[str]]] = [
         "resources": ["deployments"],
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
-    # Services, the engine ConfigMap, the Redis password Secret (created once, read to check a
-    # user's passwordSecretRef), pruned when no longer desired.
+    # Services and the engine ConfigMap, pruned when no longer desired.
     {
         "apiGroups": [""],
-        "resources": ["services", "configmaps", "secrets"],
+        "resources": ["services", "configmaps"],
         "verbs": ["get", "list", "create", "patch", "delete"],
     },
     {
@@ -85,6 +89,25 @@ CLUSTER_RULES: list[dict[str, list[str]]] = [
 ]
 
 
+# Only in namespaces granted them (see the module docstring). Each pass lists the labelled
+# Secrets once; the managed Redis password Secret is created once, adopted (patch) when found
+# unlabelled, pruned when managed Redis is turned off; a spec's passwordSecretRef is read (get)
+# to check it exists and holds the key.
+SECRET_RULES: list[dict[str, list[str]]] = [
+    {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get", "list", "create", "patch", "delete"],
+    },
+]
+
+
 def all_rules(clusterwide: bool = True) -> list[dict[str, list[str]]]:
-    """Rules of the ClusterRole (clusterwide) or of a per-namespace Role."""
-    return RULES + (CLUSTER_RULES if clusterwide else [])
+    """Everything the operator needs where it reconciles: a namespaced install's Role
+    (clusterwide False), or with --all-namespaces its ClusterRole plus SECRET_RULES."""
+    return RULES + SECRET_RULES + (CLUSTER_RULES if clusterwide else [])
+
+
+def cluster_role_rules() -> list[dict[str, list[str]]]:
+    """The ClusterRole of an --all-namespaces install: all but Secrets (granted per namespace)."""
+    return RULES + CLUSTER_RULES

@@ -19,10 +19,52 @@ def triples(rules: list[dict]) -> set[tuple[str, str, str]]:
     }
 
 
-def test_all_namespaces_cluster_role_equals_the_operators_needs(helm):
+def _by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
+    return {
+        f"{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o
+        for o in objects
+        if o["kind"] == kind
+    }
+
+
+def test_all_namespaces_cluster_role_equals_the_operators_needs_but_secrets(helm):
     objects = render(helm)
-    (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
-    assert triples(role["rules"]) == triples(rbac.all_rules(clusterwide=True))
+    roles = _by_kind(objects, "ClusterRole")
+    assert set(roles) == {"/lamina", "/lamina-secrets"}
+    assert triples(roles["/lamina"]["rules"]) == triples(rbac.cluster_role_rules())
+    assert triples(roles["/lamina-secrets"]["rules"]) == triples(rbac.SECRET_RULES)
+    # all the operator needs = the ClusterRole + the Secret rules granted per namespace
+    assert triples(rbac.cluster_role_rules() + rbac.SECRET_RULES) == triples(rbac.all_rules())
+
+
+def test_secrets_are_granted_nowhere_by_default(helm):
+    objects = render(helm)
+    (binding,) = _by_kind(objects, "ClusterRoleBinding").values()
+    assert binding["roleRef"]["name"] == "lamina"  # not lamina-secrets
+    assert _by_kind(objects, "RoleBinding") == {}
+    for role in _by_kind(objects, "ClusterRole").values():
+        if role["metadata"]["name"] == "lamina":
+            assert all("secrets" not in rule["resources"] for rule in role["rules"])
+
+
+def test_secrets_only_in_the_listed_namespaces(helm):
+    objects = render(helm, "--set", "rbac.secretNamespaces={serving,team-b}")
+    bindings = _by_kind(objects, "RoleBinding")
+    assert set(bindings) == {"serving/lamina-secrets", "team-b/lamina-secrets"}
+    for binding in bindings.values():
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "lamina-secrets",
+        }
+        assert binding["subjects"][0]["namespace"] == "lamina-system"
+    assert len(_by_kind(objects, "ClusterRoleBinding")) == 1
+
+
+def test_secrets_everywhere_only_when_asked(helm):
+    objects = render(helm, "--set", "rbac.secretsInAllNamespaces=true")
+    refs = {b["roleRef"]["name"] for b in _by_kind(objects, "ClusterRoleBinding").values()}
+    assert refs == {"lamina", "lamina-secrets"}
 
 
 def test_namespaced_roles_equal_the_operators_needs(helm):
@@ -31,6 +73,7 @@ def test_namespaced_roles_equal_the_operators_needs(helm):
     assert len(roles) == 2
     for role in roles:
         assert triples(role["rules"]) == triples(rbac.all_rules(clusterwide=False))
+    assert not _by_kind(objects, "ClusterRole")  # no cluster-wide rights at all
 
 
 @pytest.mark.parametrize("values", [(), ("-f", str(CHART / "ci" / "namespaced-values.yaml"))])

@@ -214,3 +214,17 @@ def test_nixl_is_reported_as_invalid_spec(cluster, reconciler, sd_factory, minim
     degraded = {c["type"]: c for c in outcome.status["conditions"]}["Degraded"]
     assert degraded["status"] == "True" and "use backend: redis" in degraded["message"]
     assert cluster.get("apps/v1", "Deployment", "serving", "qwen-decode") is None
+
+
+def test_a_forbidden_secret_says_how_to_grant_it():
+    from lamina_operator.handlers.errors import kopf_error
+    from lamina_operator.kube import KubeError
+
+    message = (
+        'secrets is forbidden: User "system:serviceaccount:lamina-system:lamina" cannot list '
+        'resource "secrets" in API group "" in the namespace "serving"'
+    )
+    error = kopf_error(KubeError(403, message), "reconciling serving/qwen")
+    assert "rbac.secretNamespaces" in str(error) and "lamina-secrets" in str(error)
+    other = kopf_error(KubeError(403, "deployments.apps is forbidden"), "reconciling x")
+    assert "rbac.secretNamespaces" not in str(other)

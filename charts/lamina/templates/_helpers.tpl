@@ -77,10 +77,9 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Services, the engine ConfigMap, the managed Redis password Secret (and reads of the Secret a
-# spec's passwordSecretRef names).
+# Services and the engine ConfigMap.
 - apiGroups: [""]
-  resources: ["services", "configmaps", "secrets"]
+  resources: ["services", "configmaps"]
   verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
@@ -104,6 +103,17 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+
+{{/*
+Secret rules (lamina_operator.rbac.SECRET_RULES): the managed Redis password Secret, and reads
+of the Secret a spec's passwordSecretRef names. In each watched namespace's Role; with
+watch.allNamespaces, a separate ClusterRole bound only where rbac.secretNamespaces says.
+*/}}
+{{- define "lamina.secretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 {{- end }}
 
 {{/* Cluster-scoped rules, needed only with --all-namespaces (lamina_operator.rbac.CLUSTER_RULES). */}}

@@ -22,6 +22,13 @@ from ..kube import KubeError
 RETRY_DELAY_SECONDS = 30  # problems a person fixes (a Secret, RBAC)
 TRANSIENT_DELAY_SECONDS = 10  # problems the API server gets over by itself
 
+# With watch.allNamespaces the chart grants Secrets only in rbac.secretNamespaces (rbac.py).
+SECRETS_HINT = (
+    " (compare the operator's RBAC with lamina_operator.rbac: with watch.allNamespaces it may "
+    "manage Secrets only in the namespaces it was granted; add this namespace to the chart's "
+    "rbac.secretNamespaces, or bind the ClusterRole <release>-lamina-secrets here with a "
+    "RoleBinding)"
+)
 _HINTS = {
     401: " (the operator's credentials were refused: check its ServiceAccount token)",
     403: " (compare the operator's RBAC with lamina_operator.rbac)",
@@ -37,6 +44,8 @@ def kopf_error(exc: KubeError, what: str) -> kopf.PermanentError | kopf.Temporar
         )
     delay = RETRY_DELAY_SECONDS if exc.status in (401, 403) else TRANSIENT_DELAY_SECONDS
     hint = _HINTS.get(exc.status, "")
+    if exc.status == 403 and "secrets" in exc.message:
+        hint = SECRETS_HINT
     return kopf.TemporaryError(f"{what}: Kubernetes API call failed: {exc}{hint}", delay=delay)
 
 
