@@ -19,9 +19,8 @@ from lamina_engine.config import EngineConfig
 from lamina_engine.core.output import SchedulerOutput
 from lamina_engine.core.scheduler import RequestRejectedError, Scheduler
 from lamina_engine.core.scheduler_config import SchedulerConfig
-from lamina_engine.core.speed_layout import prompt_layer_tokens
 from lamina_engine.detokenizer import IncrementalDetokenizer
-from lamina_engine.engine_stats import EngineStats, StepRecord
+from lamina_engine.engine_stats import EngineStats, StepTotals
 from lamina_engine.kv_export import KVExport, PromptKV
 from lamina_engine.kv_import import KVImport
 from lamina_engine.models import CausalLM
@@ -99,7 +98,6 @@ class Engine:
         self.stats = EngineStats()
         self._requests: dict[str, _Request] = {}
         self._by_seq: dict[int, _Request] = {}
-        self._expert_mark = (0, 0)
         self.kv_export: KVExport | None = None  # the prefill role's (connect_kv_export)
 
     # ---------------------------------------------------------------- admission
@@ -212,6 +210,17 @@ class Engine:
         """Give back a reservation's blocks (any failure, or abort); unknown ids are fine."""
         self.kv_import.release(request_id)
 
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The KV cache's dtype: shipped KV must arrive in it."""
+        return self.runner.dtype
+
+    @property
+    def kv_bytes_per_token_layer(self) -> int:
+        """Bytes of K and V of one token in one layer: 2 x Hkv x D x itemsize."""
+        c = self.model.config
+        return 2 * c.num_kv_heads * c.head_dim * self.runner.kv_caches[0].element_size()
+
     def connect_kv_export(self, connector: KVExport | None) -> None:
         """Prefill role: hand every prompt's KV to `connector` (kv_export.py); None stops."""
         self.kv_export = connector
@@ -272,51 +281,21 @@ class Engine:
         return LayerGroupRun(co.group, co.num_groups, co.layer_start, co.layer_end, prompts)
 
     def _count(self, out: SchedulerOutput, num_sampled: int = 0) -> None:
-        s = self.stats
-        before = (s.prefill_tokens, s.decode_tokens, s.expert_loads, s.expert_bytes_loaded)
-        seconds_before, layer_tokens_before = s.model_seconds, s.prompt_layer_tokens
-        s.steps += 1
-        s.preemptions += len(out.preempted)
-        # A layered cohort's prompt tokens count once, at their last layer group.
-        for c in out.computed_chunks:
-            if c.num_tokens == 1 and c.start >= c.seq.num_prompt_tokens:
-                s.decode_tokens += 1
-            else:
-                s.prefill_tokens += c.num_tokens
-        s.prompt_layer_tokens += prompt_layer_tokens(
-            out.computed_chunks, self.model.config.num_layers, self.speed
-        )
-        es = self.model.expert_stats
-        s.expert_loads, s.expert_bytes_loaded = es.experts_loaded, es.bytes_loaded
-        s.model_seconds = self.runner.model_seconds
-        s.layer_groups_run = self.runner.layer_groups_run
-        kv_held = kv_bytes_held(self.scheduler.block_manager, self.runner.kv_caches)
-        s.peak_kv_bytes = max(s.peak_kv_bytes, kv_held)
-        if s.step_records is None:
-            return
-        token_layers, pairs, kv_read = out.work(self.model.config.num_layers)
-        cohort = out.cohort
-        s.step_records.append(
-            StepRecord(
-                index=s.steps,
-                model_seconds=s.model_seconds - seconds_before,
-                prefill_tokens=s.prefill_tokens - before[0],
-                decode_tokens=s.decode_tokens - before[1],
-                scheduled_tokens=out.num_batched_tokens,
-                token_layers=token_layers,
-                attention_pairs=pairs,
-                kv_tokens_read=kv_read,
-                prompt_layer_tokens=s.prompt_layer_tokens - layer_tokens_before,
-                layer_group=None if cohort is None else cohort.group,
-                num_groups=0 if cohort is None else cohort.num_groups,
+        es, sched = self.model.expert_stats, self.scheduler
+        self.stats.count_step(
+            out,
+            StepTotals(
+                num_layers=self.model.config.num_layers,
+                speed=self.speed,
                 tokens_sampled=num_sampled,
-                expert_loads=s.expert_loads - before[2],
-                expert_bytes=s.expert_bytes_loaded - before[3],
-                kv_bytes_held=kv_held,
-                num_running=self.scheduler.num_running,
-                num_waiting=self.scheduler.num_waiting,
-                preempted=len(out.preempted),
-            )
+                model_seconds=self.runner.model_seconds,
+                layer_groups_run=self.runner.layer_groups_run,
+                expert_loads=es.experts_loaded,
+                expert_bytes=es.bytes_loaded,
+                kv_bytes_held=kv_bytes_held(sched.block_manager, self.runner.kv_caches),
+                num_running=sched.num_running,
+                num_waiting=sched.num_waiting,
+            ),
         )
 
     def _on_token(self, req: _Request, sample: StepSample, now: float) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from lamina_engine.core.output import SchedulerOutput
+from lamina_engine.core.speed_layout import SpeedLayout, prompt_layer_tokens
+
 # Step records kept by default: enough for a benchmark that reads each record right after its
 # step, small enough (~200 B each) that a long-running server's memory stays flat.
 DEFAULT_STEP_RECORDS = 1024
@@ -39,6 +42,22 @@ class StepRecord:
     preempted: int  # sequences preempted by this step's schedule
 
 
+@dataclass(frozen=True)
+class StepTotals:
+    """What the engine's parts report after a step (their running totals), for `count_step`."""
+
+    num_layers: int  # L
+    speed: SpeedLayout | None
+    tokens_sampled: int  # this step
+    model_seconds: float  # runner total
+    layer_groups_run: int  # runner total
+    expert_loads: int  # MoE totals
+    expert_bytes: int
+    kv_bytes_held: int  # now
+    num_running: int  # now
+    num_waiting: int
+
+
 @dataclass
 class EngineStats:
     """Cumulative counters; benchmarks diff two snapshots.
@@ -68,3 +87,50 @@ class EngineStats:
         if self.step_records is not None:
             fields["step_records"] = deque(self.step_records, maxlen=self.step_records.maxlen)
         return EngineStats(**fields)
+
+    def count_step(self, out: SchedulerOutput, now: StepTotals) -> None:
+        """Add the step `out` just run; append its StepRecord when records are kept."""
+        before = (self.prefill_tokens, self.decode_tokens, self.expert_loads)
+        bytes_before, seconds_before = self.expert_bytes_loaded, self.model_seconds
+        layer_tokens_before = self.prompt_layer_tokens
+        self.steps += 1
+        self.preemptions += len(out.preempted)
+        # A layered cohort's prompt tokens count once, at their last layer group.
+        for c in out.computed_chunks:
+            if c.num_tokens == 1 and c.start >= c.seq.num_prompt_tokens:
+                self.decode_tokens += 1
+            else:
+                self.prefill_tokens += c.num_tokens
+        self.prompt_layer_tokens += prompt_layer_tokens(
+            out.computed_chunks, now.num_layers, now.speed
+        )
+        self.expert_loads, self.expert_bytes_loaded = now.expert_loads, now.expert_bytes
+        self.model_seconds = now.model_seconds
+        self.layer_groups_run = now.layer_groups_run
+        self.peak_kv_bytes = max(self.peak_kv_bytes, now.kv_bytes_held)
+        if self.step_records is None:
+            return
+        token_layers, pairs, kv_read = out.work(now.num_layers)
+        cohort = out.cohort
+        self.step_records.append(
+            StepRecord(
+                index=self.steps,
+                model_seconds=self.model_seconds - seconds_before,
+                prefill_tokens=self.prefill_tokens - before[0],
+                decode_tokens=self.decode_tokens - before[1],
+                scheduled_tokens=out.num_batched_tokens,
+                token_layers=token_layers,
+                attention_pairs=pairs,
+                kv_tokens_read=kv_read,
+                prompt_layer_tokens=self.prompt_layer_tokens - layer_tokens_before,
+                layer_group=None if cohort is None else cohort.group,
+                num_groups=0 if cohort is None else cohort.num_groups,
+                tokens_sampled=now.tokens_sampled,
+                expert_loads=self.expert_loads - before[2],
+                expert_bytes=self.expert_bytes_loaded - bytes_before,
+                kv_bytes_held=now.kv_bytes_held,
+                num_running=now.num_running,
+                num_waiting=now.num_waiting,
+                preempted=len(out.preempted),
+            )
+        )

@@ -1,8 +1,10 @@
 """Serving: OpenAI-compatible HTTP servers for the engine roles and the router (docs/design.md §3.6, §4).
 
 config.py           ServeConfig from `lamina serve` flags and LAMINA_* variables
-protocol.py         OpenAI request bodies, errors, SamplingParams from a request
+protocol.py         OpenAI request bodies and errors
 responses.py        OpenAI response bodies and SSE chunks
+openai_app.py       the FastAPI app both servers start from: shared routes, OpenAI errors
+prepared_request.py a request parsed, tokenized and validated once (router -> pods)
 engine_commands.py  typed commands from the asyncio handlers to the engine thread
 async_engine.py     AsyncEngine: the engine loop on a thread, asyncio token streams
 engine_server.py    EngineServer: the FastAPI app of a unified, prefill or decode pod

@@ -87,8 +87,7 @@ class EngineMetrics:
         # last group, so mid-cohort this difference dips: count only new highs.
         skipped = stats.prefill_tokens * engine.model.config.num_layers - stats.prompt_layer_tokens
         if skipped > self._skipped:
-            cache = engine.runner.kv_caches[0]  # [2, blocks, block_size, Hkv, D] per layer
-            per_token_layer = cache[:, 0].numel() * cache.element_size() // blocks.block_size
+            per_token_layer = engine.kv_bytes_per_token_layer
             self.skipped_layers.labels(role).inc(skipped - self._skipped)
             self.kv_saved.labels(role).inc((skipped - self._skipped) * per_token_layer)
             self._skipped = skipped

@@ -25,15 +25,15 @@ import uuid
 from contextlib import aclosing, asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from lamina_engine.kv_export import KVExport
 from lamina_engine.request_output import RequestOutput
 from lamina_engine.serving import kv_shipping
 from lamina_engine.serving.async_engine import AsyncEngine, RequestFailed
 from lamina_engine.serving.config import ServeConfig
-from lamina_engine.serving.errors import install_error_handlers
-from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
+from lamina_engine.serving.metrics import ServerMetrics
+from lamina_engine.serving.openai_app import openai_app
 from lamina_engine.serving.prefill_shipper import PrefillShipper
 from lamina_engine.serving.prepared_request import PreparedRequest, prepare
 from lamina_engine.serving.protocol import (
@@ -102,19 +102,11 @@ class EngineServer:
             if self.transport is not None:
                 await self.transport.close()
 
-        app = FastAPI(title="Lamina engine", lifespan=lifespan)
-        self.metrics.instrument(app)
-        install_error_handlers(app)
-        app.get("/health")(self.health)
-        app.get("/v1/models")(self.models)
-        app.post("/v1/completions")(self.completions)
-        app.post("/v1/chat/completions")(self.chat)
+        app = openai_app("Lamina engine", lifespan, self, self.metrics)
         app.post("/v1/internal/generate")(self.generate)
         app.post("/v1/internal/prefill")(self.prefill)
         app.get("/v1/internal/load")(self.load)
-        app.post("/drain")(self.drain)
         app.post("/v1/internal/kv_abort")(self.kv_abort)
-        app.get("/metrics")(self.prometheus)
         return app
 
     # ------------------------------------------------------------------ small endpoints
@@ -144,9 +136,6 @@ class EngineServer:
         self.draining = True
         n = self.async_engine.num_in_flight if self.async_engine else 0
         return {"draining": True, "in_flight": n}
-
-    async def prometheus(self) -> Response:
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     # ------------------------------------------------------------------ requests
     def _check_serving(self, model: str) -> AsyncEngine:
@@ -248,7 +237,7 @@ class EngineServer:
             aborted.set()
         engine = self.async_engine.engine
         groups = kv_shipping.receive(
-            self.transport, handle, num_prompt_tokens, engine.runner.dtype,
+            self.transport, handle, num_prompt_tokens, engine.kv_dtype,
             self.config.kv_wait_seconds, getattr(engine, "speed", None), aborted,
         )  # fmt: skip
         try:

@@ -109,24 +109,15 @@ class ResponseBuilder:
         if self.return_token_ids:
             choice["token_ids"] = list(out.token_ids)
             choice["prompt_token_ids"] = list(out.prompt_token_ids)
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": usage(out),
-        }
+        return dict(self._body(obj, choice), usage=usage(out))
 
     def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
         obj = "text_completion" if self.kind == "completions" else "chat.completion.chunk"
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        }
+        return self._body(obj, choice)
+
+    def _body(self, obj: str, choice: dict[str, Any]) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": [choice]}  # fmt: skip
 
     def first_chunk(self) -> bytes | None:
         """Chat streams open with the assistant role."""

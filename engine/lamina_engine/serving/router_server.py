@@ -27,8 +27,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from lamina_engine.core.block_manager import block_hashes
 from lamina_engine.serving.backends import BackendPool
 from lamina_engine.serving.config import ServeConfig
-from lamina_engine.serving.errors import install_error_handlers
-from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
+from lamina_engine.serving.metrics import ServerMetrics
+from lamina_engine.serving.openai_app import openai_app
 from lamina_engine.serving.pod_pickers import BackendState, DecodePicker, PrefillPicker
 from lamina_engine.serving.prepared_request import Kind, prepare
 from lamina_engine.serving.protocol import (
@@ -76,16 +76,7 @@ class RouterServer:
             await self.pool.close()
             await self.client.aclose()
 
-        app = FastAPI(title="Lamina router", lifespan=lifespan)
-        self.metrics.instrument(app)
-        install_error_handlers(app)
-        app.get("/health")(self.health)
-        app.get("/v1/models")(self.models)
-        app.post("/v1/completions")(self.completions)
-        app.post("/v1/chat/completions")(self.chat)
-        app.post("/drain")(self.drain)
-        app.get("/metrics")(self.prometheus)
-        return app
+        return openai_app("Lamina router", lifespan, self, self.metrics)
 
     # ------------------------------------------------------------------ small endpoints
     def _decoders(self) -> list[BackendState]:
@@ -112,9 +103,6 @@ class RouterServer:
     async def drain(self) -> dict:
         self.draining = True
         return {"draining": True}
-
-    async def prometheus(self) -> Response:
-        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
     # ------------------------------------------------------------------ requests
     async def completions(self, req: CompletionRequest):

@@ -1,13 +1,36 @@
-"""Every error leaves a server in OpenAI's shape: {"error": {message, type, param, code}}."""
+"""The FastAPI app every Lamina server (engine pod, router) starts from.
+
+The routes they share, and errors in OpenAI's shape: {"error": {message, type, param, code}}.
+"""
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
 from lamina_engine.serving.protocol import OpenAIError, error_body
+
+
+def openai_app(title: str, lifespan, server, metrics: ServerMetrics) -> FastAPI:
+    """An app answering GET /health, /v1/models and POST /v1/completions,
+    /v1/chat/completions, /drain with `server`'s methods of those names, and GET /metrics."""
+    app = FastAPI(title=title, lifespan=lifespan)
+    metrics.instrument(app)
+    install_error_handlers(app)
+    app.get("/health")(server.health)
+    app.get("/v1/models")(server.models)
+    app.post("/v1/completions")(server.completions)
+    app.post("/v1/chat/completions")(server.chat)
+    app.post("/drain")(server.drain)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
 
 
 def install_error_handlers(app: FastAPI) -> None:
