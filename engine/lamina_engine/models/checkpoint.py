@@ -201,6 +201,35 @@ def _ignorable(name: str, config: ModelConfig) -> bool:
     )
 
 
+GiB = 1 << 30
+
+
+def weight_bytes(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> int:
+    """Bytes the checkpoint's tensors (name -> shape) take on the device once cast to dtype."""
+    numel = sum(int(torch.Size(shape).numel()) for shape in shapes.values())
+    return numel * torch.empty((), dtype=dtype).element_size()
+
+
+def check_fits_device(
+    needed: int, device: torch.device | str, folder: Path, free: int | None = None
+) -> None:
+    """Raise CheckpointError before loading when the weights alone (`needed` bytes) exceed what
+    the CUDA `device` has free (`free`, asked of the driver when None); the KV cache needs room
+    on top. The engine runs one device per pod (no tensor or expert parallelism yet), so a
+    second GPU in the pod would not help. Other devices are not checked."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    if free is None:
+        free, _ = torch.cuda.mem_get_info(device)
+    if needed > free:
+        raise CheckpointError(
+            f"the weights of {folder.name} need {needed / GiB:.1f} GiB on {device}, which has "
+            f"{free / GiB:.1f} GiB free; the engine uses one device per pod (no tensor or expert "
+            "parallelism yet): pick a GPU with more memory, a smaller dtype or a smaller model"
+        )
+
+
 def load_checkpoint(
     path: str | Path,
     dtype: torch.dtype = torch.float32,
@@ -240,6 +269,7 @@ def load_checkpoint(
                 f"implies {expected}; the weights and config.json do not belong together"
             )
 
+    check_fits_device(weight_bytes(shapes, dtype), device, folder)
     state_dict = {}
     items = params.items()
     if progress:
