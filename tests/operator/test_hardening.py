@@ -228,3 +228,23 @@ def test_a_forbidden_secret_says_how_to_grant_it():
     assert "rbac.secretNamespaces" in str(error) and "lamina-secrets" in str(error)
     other = kopf_error(KubeError(403, "deployments.apps is forbidden"), "reconciling x")
     assert "rbac.secretNamespaces" not in str(other)
+
+
+def test_examples_pass_admission_and_ask_for_one_gpu_per_pod():
+    """The engine uses one device per pod: an example asking for two would waste one."""
+    from pathlib import Path
+
+    import yaml
+
+    manifests = Path(__file__).resolve().parents[2] / "manifests"
+    seen = 0
+    for path in sorted(manifests.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "ServingDeployment":
+                continue
+            spec = ServingDeploymentSpec.model_validate(doc["spec"])
+            for pool in (spec.prefill, spec.decode, spec.router):
+                gpus = pool.resources.limits.get("nvidia.com/gpu", 0)
+                assert int(gpus) <= 1, f"{path.name}: {gpus} GPUs in one pod"
+            seen += 1
+    assert seen >= 3
