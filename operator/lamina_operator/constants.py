@@ -18,6 +18,8 @@ PEERING_NAME = "lamina-operator"
 # on Deployments, so they never include anything that can change with the spec.
 DEPLOYMENT_LABEL = f"{GROUP}/deployment"
 ROLE_LABEL = f"{GROUP}/role"
+# On the operator's pods (the chart sets it): engine NetworkPolicies admit them to /metrics.
+OPERATOR_POD_LABEL = f"{GROUP}/operator"
 MANAGED_BY = "lamina-operator"
 PART_OF = "lamina"
 

@@ -144,3 +144,13 @@ def test_values_schema_rejects_bad_values(helm, override, field):
     proc = run_helm(helm, "template", "lamina", str(CHART), "--set", override)
     assert proc.returncode != 0
     assert field in proc.stderr
+
+
+def test_operator_pods_carry_the_label_engine_policies_admit(helm):
+    """Engine NetworkPolicies admit pods labelled lamina.dev/operator=true (the autoscaler
+    reads their /metrics); the label is on the pods, not in the immutable selector."""
+    from lamina_operator.constants import OPERATOR_POD_LABEL
+
+    (operator,) = [o for o in render(helm) if o["kind"] == "Deployment"]
+    assert operator["spec"]["template"]["metadata"]["labels"][OPERATOR_POD_LABEL] == "true"
+    assert OPERATOR_POD_LABEL not in operator["spec"]["selector"]["matchLabels"]

@@ -80,6 +80,19 @@ def test_clients_and_monitoring_peers(minimal_spec):
         kubernetes_validate.validate(policy, "1.25", strict=True)
 
 
+def test_with_autoscaling_the_operator_may_read_engine_metrics(minimal_spec, gpu_spec):
+    operator = {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"lamina.dev/operator": "true"}},
+    }
+    for engine in ("qwen-prefill", "qwen-decode"):
+        assert operator in _sources(_policies(gpu_spec)[engine])[1]  # autoscaling.policyRef
+        assert operator not in _sources(_policies(minimal_spec)[engine])[1]  # no autoscaler
+    assert _sources(_policies(gpu_spec)["qwen-router"])[1] is None  # clients: anyone
+    gpu_spec["autoscaling"]["enabled"] = False
+    assert operator not in _sources(_policies(gpu_spec)["qwen-decode"])[1]
+
+
 def test_policies_can_be_turned_off_and_follow_managed_redis(minimal_spec, gpu_spec):
     assert "qwen-redis" not in _policies(gpu_spec)  # external Redis: nothing of ours to guard
     minimal_spec["networkPolicy"] = {"enabled": False}

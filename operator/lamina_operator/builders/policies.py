@@ -2,8 +2,9 @@
 
 - router: port 8000 from `clientsFrom` (anyone when empty: it is the endpoint).
 - prefill, decode: port 8000 from this deployment's router, prefill and decode pods only, plus
-  `monitoringFrom` (Prometheus). The internal prefill endpoint and KV handles are never
-  reachable from another workload.
+  `monitoringFrom` (Prometheus) and, when autoscaling is on, the Lamina operator's pods (label
+  lamina.dev/operator=true, any namespace: its namespace label is not guaranteed before 1.21),
+  which read /metrics. Other workloads never reach the internal prefill endpoint.
 - redis (managed): port 6379 from this deployment's prefill and decode pods only; the router
   never talks to Redis.
 Only Ingress is isolated: engines still reach DNS, the API of a model store, and an external
@@ -12,10 +13,17 @@ Redis. Kubelet probes come from the node, which CNIs that enforce NetworkPolicy 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from ..api import ServingDeploymentSpec
-from ..constants import DEPLOYMENT_LABEL, ENGINE_PORT, REDIS_PORT, ROLE_LABEL
+from ..constants import (
+    DEPLOYMENT_LABEL,
+    ENGINE_PORT,
+    OPERATOR_POD_LABEL,
+    REDIS_PORT,
+    ROLE_LABEL,
+)
 from .names import Owner, child_name, metadata, selector_labels
 
 ENGINE_ROLES = ("prefill", "decode")
@@ -24,6 +32,12 @@ PEERS = {
     "prefill": ("router", "prefill", "decode"),
     "decode": ("router", "prefill", "decode"),
     "redis": ENGINE_ROLES,
+}
+
+
+OPERATOR_PEER = {
+    "namespaceSelector": {},
+    "podSelector": {"matchLabels": {OPERATOR_POD_LABEL: "true"}},
 }
 
 
@@ -62,6 +76,9 @@ def build_network_policy(owner: Owner, spec: ServingDeploymentSpec, role: str) -
         rule["from"] = [_pods_of(owner, PEERS[role])]
         if role in ENGINE_ROLES:
             rule["from"] += [peer.manifest() for peer in net.monitoring_from]
+            auto = spec.autoscaling
+            if auto is not None and auto.enabled:  # the autoscaler scrapes each pod's /metrics
+                rule["from"].append(copy.deepcopy(OPERATOR_PEER))
     return _policy(owner, role, rule)
 
 
