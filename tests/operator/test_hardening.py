@@ -261,3 +261,29 @@ def test_examples_pass_admission_and_ask_for_one_gpu_per_pod():
                 assert int(gpus) <= 1, f"{path.name}: {gpus} GPUs in one pod"
             seen += 1
     assert seen >= 3
+
+
+def test_redis_tls_secret_is_checked_before_pods_wait_for_it(
+    cluster, reconciler, sd_factory, minimal_spec
+):
+    minimal_spec["engine"] = {"kvTransfer": {"redis": {"tls": {"secretName": "kv-tls"}}}}
+    sd_factory("qwen", minimal_spec)
+
+    def problems():
+        body = cluster.get("lamina.dev/v1alpha1", "ServingDeployment", "serving", "qwen")
+        return reconciler.reconcile(body).problems
+
+    (missing,) = problems()
+    assert missing.reason == "MissingSecret" and missing.retryable
+    assert "redis.tls.secretName" in missing.message
+    assert cluster.get("apps/v1", "Deployment", "serving", "qwen-redis") is None
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-tls",
+              "namespace": "serving"}, "stringData": {"ca.crt": "PEM"}}  # fmt: skip
+    cluster.create(secret)
+    (no_key,) = problems()  # a managed Redis also needs its own certificate and key
+    assert no_key.reason == "MissingSecretKey" and "tls.crt" in no_key.message
+    cluster.patch(
+        "v1", "Secret", "serving", "kv-tls", {"stringData": {"tls.crt": "C", "tls.key": "K"}}
+    )
+    assert problems() == []
+    assert cluster.get("apps/v1", "Deployment", "serving", "qwen-redis") is not None

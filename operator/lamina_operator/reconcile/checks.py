@@ -101,6 +101,7 @@ def check_references(
                     retryable=True,
                 )
             )
+    problems += _check_redis_tls(client, namespace, spec)
     auto = spec.autoscaling
     if auto is not None and auto.enabled and auto.policy_ref is not None:
         name = auto.policy_ref.name
@@ -125,6 +126,41 @@ def check_references(
                     )
                 )
     return problems
+
+
+def _check_redis_tls(
+    client: KubeClient, namespace: str, spec: ServingDeploymentSpec
+) -> list[Problem]:
+    """The redis.tls Secret holds the CA (and, for a managed Redis, its tls.crt/tls.key): a
+    missing one would leave pods waiting for a volume, with nothing on this object."""
+    kv = spec.engine.kv_transfer
+    tls = kv.redis.tls
+    if kv.backend != "redis" or tls is None:
+        return []
+    secret = client.get("v1", "Secret", namespace, tls.secret_name)
+    if secret is None:
+        return [
+            Problem(
+                "MissingSecret",
+                f"Secret {tls.secret_name!r} (engine.kvTransfer.redis.tls.secretName) does not "
+                f"exist in namespace {namespace!r}: create it with the Redis CA under key "
+                f"{tls.ca_key!r}",
+                retryable=True,
+            )
+        ]
+    keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+    wanted = [tls.ca_key] + (["tls.crt", "tls.key"] if kv.managed_redis else [])
+    missing = [key for key in wanted if key not in keys]
+    if not missing:
+        return []
+    return [
+        Problem(
+            "MissingSecretKey",
+            f"Secret {tls.secret_name!r} (redis.tls) has no key(s) {missing} (it has "
+            f"{sorted(keys)}): add them, or set redis.tls.caKey to the key holding the CA",
+            retryable=True,
+        )
+    ]
 
 
 def _decoded(secret: dict[str, Any], key: str) -> str:
