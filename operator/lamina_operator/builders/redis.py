@@ -22,7 +22,7 @@ import secrets
 from typing import Any
 
 from ..api import ServingDeploymentSpec
-from ..api.serving import size_bytes
+from ..api.kv_transfer import size_bytes
 from ..constants import DEFAULT_REDIS_IMAGE, REDIS_PORT, REDIS_UID
 from . import pods
 from .names import Owner, child_name, labels, metadata, redis_secret_name, selector_labels
