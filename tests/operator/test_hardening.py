@@ -120,11 +120,11 @@ def test_pods_without_resources_get_burstable_defaults(minimal_spec):
     built = _children(minimal_spec)
     for role in ("prefill", "decode"):
         assert _container(built, f"qwen-{role}")["resources"] == {
-            "requests": {"cpu": "4", "memory": "16Gi"},
+            "requests": {"cpu": "500m", "memory": "2Gi"},
             "limits": {"memory": "64Gi"},  # no CPU limit: throttling stalls decode steps
         }
     assert _container(built, "qwen-router")["resources"] == {
-        "requests": {"cpu": "1", "memory": "2Gi"},
+        "requests": {"cpu": "250m", "memory": "512Mi"},
         "limits": {"memory": "8Gi"},
     }
 
@@ -138,7 +138,7 @@ def test_a_resource_the_user_names_is_left_as_written(gpu_spec):
     }
     # decode names only the GPU: cpu and memory still get defaults
     assert _container(built, "qwen-decode")["resources"] == {
-        "requests": {"cpu": "4", "memory": "16Gi"},
+        "requests": {"cpu": "500m", "memory": "2Gi"},
         "limits": {"nvidia.com/gpu": "1", "memory": "64Gi"},
     }
 

@@ -139,8 +139,8 @@ class PoolSpec(PodPlacement):
         description=(
             "Container resources. The engine uses one device per pod: give nvidia.com/gpu: 1 "
             "(limits) and a model that fits it. cpu or memory named neither in requests nor "
-            "in limits default to requests {cpu: 4, memory: 16Gi} and limits {memory: 64Gi} "
-            "(no CPU limit: throttling stalls decode steps)."
+            "in limits default to requests {cpu: 500m, memory: 2Gi} and limits {memory: 64Gi} "
+            "(no CPU limit: throttling stalls decode steps); size them for a large model."
         ),
     )
 
@@ -174,7 +174,7 @@ class RouterSpec(PodPlacement):
         default_factory=ResourceRequirements,
         description=(
             "Container resources. cpu or memory named neither in requests nor in limits "
-            "default to requests {cpu: 1, memory: 2Gi} and limits {memory: 8Gi}."
+            "default to requests {cpu: 250m, memory: 512Mi} and limits {memory: 8Gi}."
         ),
     )
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="Routing knobs.")

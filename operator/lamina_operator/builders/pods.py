@@ -119,17 +119,22 @@ def user_env(placement: PodPlacement) -> list[dict[str, Any]]:
     return [var.model_dump(by_alias=True, exclude_none=True) for var in placement.env]
 
 
-# cpu and memory a pod gets when its spec names neither in requests nor limits (Burstable QoS
-# instead of BestEffort, so an engine is never the first evicted under node pressure).
-# Engines: the step loop and tokenizer want a few cores; host memory holds the checkpoint while
-# it loads (safetensors pages) and the pinned KV staging buffers. The router is one asyncio
-# process. No CPU limit: CFS throttling would stall a decode step mid-batch (every running
+# cpu and memory a pod gets when its spec names neither in requests nor limits: Burstable QoS
+# instead of BestEffort, so a pod is never the first evicted under node pressure and never
+# starved of CPU by a busy neighbour. Requests are what a pod needs to start and serve a small
+# model (Python, torch, a tokenizer; the demo stack fits a 2-core node); a GPU pool sizes its
+# own (the examples do: a checkpoint of tens of GB loads through host memory). Limits bound a
+# leak: engines 64Gi (the checkpoint's pages while it loads, pinned KV staging buffers), the
+# router 8Gi. No CPU limit: CFS throttling would stall a decode step mid-batch (every running
 # request's next token), whereas a memory limit only bounds a leak.
 ENGINE_DEFAULT_RESOURCES = {
-    "requests": {"cpu": "4", "memory": "16Gi"},
+    "requests": {"cpu": "500m", "memory": "2Gi"},
     "limits": {"memory": "64Gi"},
 }
-ROUTER_DEFAULT_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+ROUTER_DEFAULT_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"memory": "8Gi"},
+}
 
 
 def resources(placement: PodPlacement, defaults: dict[str, dict[str, str]]) -> dict[str, Any]:
