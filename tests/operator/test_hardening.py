@@ -143,63 +143,6 @@ def test_a_resource_the_user_names_is_left_as_written(gpu_spec):
     }
 
 
-def _flags(args):
-    return {args[i]: args[i + 1] for i in range(0, len(args) - 1) if args[i].startswith("--")}
-
-
-def test_managed_redis_has_limits_maxmemory_and_ttl_eviction(minimal_spec):
-    minimal_spec["engine"] = {"kvTransfer": {"redis": {"memory": "8Gi"}}}
-    c = _container(_children(minimal_spec), "qwen-redis")
-    assert c["resources"]["limits"]["memory"] == c["resources"]["requests"]["memory"] == "8Gi"
-    flags = _flags(c["args"])
-    assert int(flags["--maxmemory"]) == 6 * 2**30  # 3/4 of the limit
-    assert flags["--maxmemory-policy"] == "volatile-ttl"
-    assert flags["--port"] == "6379" and "--tls-port" not in flags
-
-
-def test_managed_redis_tls_serves_the_secret_and_engines_trust_its_ca(minimal_spec):
-    minimal_spec["engine"] = {"kvTransfer": {"redis": {"tls": {"secretName": "kv-tls"}}}}
-    built = _children(minimal_spec)
-    redis = built[("Deployment", "qwen-redis")]
-    flags = _flags(_container(built, "qwen-redis")["args"])
-    assert flags["--port"] == "0" and flags["--tls-port"] == "6379"
-    assert flags["--tls-cert-file"] == "/etc/redis/tls/tls.crt"
-    assert {"name": "tls", "secret": {"secretName": "kv-tls"}} in redis["spec"]["template"]["spec"][
-        "volumes"
-    ]
-    url = built[("ConfigMap", "qwen-engine")]["data"]["LAMINA_KV_REDIS_URL"]
-    assert url == "rediss://qwen-redis.serving.svc:6379/0?ssl_ca_certs=/etc/lamina/redis-ca/ca.crt"
-    for role in ("prefill", "decode"):
-        pod = built[("Deployment", f"qwen-{role}")]["spec"]["template"]["spec"]
-        # only the CA key: an engine never holds the Redis server's private key
-        assert {
-            "name": "redis-ca",
-            "secret": {"secretName": "kv-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]},
-        } in pod["volumes"]
-        assert {"name": "redis-ca", "mountPath": "/etc/lamina/redis-ca", "readOnly": True} in (
-            pod["containers"][0]["volumeMounts"]
-        )
-    router = built[("Deployment", "qwen-router")]["spec"]["template"]["spec"]
-    assert all(v["name"] != "redis-ca" for v in router["volumes"])
-    for manifest in built.values():
-        kubernetes_validate.validate(manifest, "1.25", strict=True)
-
-
-def test_external_rediss_takes_a_ca(gpu_spec):
-    redis = gpu_spec["engine"]["kvTransfer"]["redis"]
-    redis.update(url="rediss://redis.kv.svc:6380/0", tls={"secretName": "kv-ca", "caKey": "ca.pem"})
-    built = _children(gpu_spec)
-    data = built[("ConfigMap", "qwen-engine")]["data"]
-    assert data["LAMINA_KV_REDIS_URL"] == (
-        "rediss://redis.kv.svc:6380/0?ssl_ca_certs=/etc/lamina/redis-ca/ca.crt"
-    )
-    pod = built[("Deployment", "qwen-decode")]["spec"]["template"]["spec"]
-    assert {
-        "name": "redis-ca",
-        "secret": {"secretName": "kv-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]},
-    } in pod["volumes"]
-
-
 @pytest.mark.parametrize(
     "kv, words",
     [
@@ -261,29 +204,3 @@ def test_examples_pass_admission_and_ask_for_one_gpu_per_pod():
                 assert int(gpus) <= 1, f"{path.name}: {gpus} GPUs in one pod"
             seen += 1
     assert seen >= 3
-
-
-def test_redis_tls_secret_is_checked_before_pods_wait_for_it(
-    cluster, reconciler, sd_factory, minimal_spec
-):
-    minimal_spec["engine"] = {"kvTransfer": {"redis": {"tls": {"secretName": "kv-tls"}}}}
-    sd_factory("qwen", minimal_spec)
-
-    def problems():
-        body = cluster.get("lamina.dev/v1alpha1", "ServingDeployment", "serving", "qwen")
-        return reconciler.reconcile(body).problems
-
-    (missing,) = problems()
-    assert missing.reason == "MissingSecret" and missing.retryable
-    assert "redis.tls.secretName" in missing.message
-    assert cluster.get("apps/v1", "Deployment", "serving", "qwen-redis") is None
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-tls",
-              "namespace": "serving"}, "stringData": {"ca.crt": "PEM"}}  # fmt: skip
-    cluster.create(secret)
-    (no_key,) = problems()  # a managed Redis also needs its own certificate and key
-    assert no_key.reason == "MissingSecretKey" and "tls.crt" in no_key.message
-    cluster.patch(
-        "v1", "Secret", "serving", "kv-tls", {"stringData": {"tls.crt": "C", "tls.key": "K"}}
-    )
-    assert problems() == []
-    assert cluster.get("apps/v1", "Deployment", "serving", "qwen-redis") is not None
