@@ -1,5 +1,5 @@
 """Kubernetes hardening of a ServingDeployment's children: who may reach which pod, default
-resources, Redis limits and TLS, who gets the Redis password, what is refused at admission."""
+resources, what is refused at admission, RBAC hints, examples (Redis: test_redis_hardening.py)."""
 
 from __future__ import annotations
 
