@@ -122,7 +122,7 @@ SINGLE = [
       "decode": {"minReplicas": 1, "maxReplicas": 3}},
      obs(0, prefill(2, ttft=1.5), decode(2)), {"prefill": 3, "decode": 3}, "ScaledUp"),
     ("budget binds: replicas shift to prefill (furthest from SLO)", {"gpuBudget": 8},
-     obs(0, prefill(2, ttft=2.0), decode(6, kv=0.75)), {"prefill": 5, "decode": 3}, "Rebalanced"),
+     obs(0, prefill(2, ttft=2.0), decode(6, kv=0.75)), {"prefill": 4, "decode": 4}, "Rebalanced"),
     ("budget counts GPUs per replica", {"gpuBudget": 8},
      obs(0, prefill(2, ttft=2.0, gpus=2), decode(2, gpus=1)), {"prefill": 3, "decode": 2},
      "ScaledUp"),
@@ -149,7 +149,7 @@ def test_single_decision(name, overrides, observation, want, reason):
 def test_decision_explains_inputs_and_clamps():
     dec = decide(policy(gpuBudget=8), obs(0, prefill(2, ttft=2.0), decode(6, kv=0.75)), [])
     text = dec.message()
-    assert "ttft=" in text and "kv=" in text and "budget: decode 6->3" in text
+    assert "ttft=" in text and "kv=" in text and "budget: decode 6->4" in text
     assert "gpus 8->8/8" in text
     assert dec.pools["prefill"].recommended == 8  # what the signals wanted before the clamps
     assert any(c.startswith("maxStep") for c in dec.pools["prefill"].clamps)
@@ -315,3 +315,17 @@ def test_learned_capacity_sizes_prefill_from_arrivals():
     assert util.value == pytest.approx(5000 / 4800)
     # the backlog (15000 tokens = 3.1 s of 2 pods) asks for 25; maxStep 4 allows 6
     assert d.pools["prefill"].recommended == 25 and d.pools["prefill"].desired == 6
+
+
+def test_prefill_capacity_is_measured_from_busy_time():
+    # 2 warm pods computed 600 tok/s each while busy 25% of the interval: 2400 tok/s busy.
+    pods = tuple(
+        PodSample(f"p{i}", 600.0, ttft=hist(0.46), prefill_tokens_per_second=600.0,
+                  busy_fraction=0.25)
+        for i in range(2)
+    )  # fmt: skip
+    o = obs(0, PoolObservation(2, 2, 0, 1, pods), decode(2, kv=0.75))
+    d = decide(policy(), o, [])
+    assert d.prefill_capacity == pytest.approx(2400.0)
+    util = next(s for s in d.pools["prefill"].signals if s.name == "utilization")
+    assert util.value == pytest.approx(0.25)  # 1200 tok/s of 2 x 2400

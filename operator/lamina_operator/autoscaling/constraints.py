@@ -81,12 +81,19 @@ def enforce_budget(
     per_replica: dict[str, int],
     pressure: dict[str, tuple[float, int]],  # pool -> (largest signal ratio, ready pods)
     fixed: set[str],
+    current: Counts,
 ) -> tuple[Counts, list[str]]:
     budget = policy.gpu_budget
     if budget is None:
         return counts, []
     counts = dict(counts)
     before = dict(counts)
+    # Hysteresis: a pool's replicas as they are now weigh `tolerance` more than a move, so
+    # pressures within the tolerance band do not trade a replica back and forth each interval.
+    bias = 1 + policy.tolerance_percent / 100
+
+    def keep(pool: str, n: int) -> float:
+        return bias if n <= current.get(pool, 0) else 1.0
 
     def projected(pool: str, n: int) -> float:
         ratio, ready = pressure.get(pool, (0.0, 0))
@@ -109,7 +116,9 @@ def enforce_budget(
         if not options:
             notes.append(f"budget: {gpus(counts, per_replica)} GPUs > {budget} at the minimums")
             break
-        options.sort(key=lambda p: (not keeps_ratio(p, -1), projected(p, counts[p] - 1)))
+        options.sort(
+            key=lambda p: (not keeps_ratio(p, -1), projected(p, counts[p] - 1) * keep(p, counts[p]))
+        )
         counts[options[0]] -= 1
     # Refill what a coarse removal freed (pools differ in GPUs per replica), up to what each
     # pool asked for; with keepGpuTotal, on up to the budget.
@@ -125,7 +134,7 @@ def enforce_budget(
         ]
         if not options:
             break
-        options.sort(key=lambda p: -projected(p, counts[p]))
+        options.sort(key=lambda p: -projected(p, counts[p]) * keep(p, counts[p] + 1))
         counts[options[0]] += 1
     for pool in counts:
         if counts[pool] != before[pool]:

@@ -99,7 +99,7 @@ def decide(
         )  # fmt: skip
     changed, manual_since = _manual(policy, obs, last)
     fixed = set(manual_since)
-    capacity = prefill_capacity(obs, capacity)
+    capacity = prefill_capacity(obs, capacity, policy.warmup_seconds)
     signals = {
         "prefill": prefill_signals(obs, policy, capacity, last),
         "decode": decode_signals(obs, policy),
@@ -139,7 +139,7 @@ def decide(
         pool: (max((s.ratio for s in signals[pool]), default=0.0), obs.pools[pool].ready)
         for pool in POOLS
     }
-    counts, budget_notes = enforce_budget(policy, counts, per_replica, pressure, fixed)
+    counts, budget_notes = enforce_budget(policy, counts, per_replica, pressure, fixed, current)
     for note in ratio_notes + budget_notes:
         for pool in POOLS:
             if f" {pool} " in f" {note.split(':', 1)[-1]} ":

@@ -34,6 +34,7 @@ class PodSample:
     kv_utilization: float = 0.0  # share of KV blocks in use, 0..1
     prefill_tokens_per_second: float = 0.0  # prompt tokens computed per second
     decode_tokens_per_second: float = 0.0  # output tokens decoded per second
+    busy_fraction: float | None = None  # share of the interval spent in model steps, 0..1
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Names read (the engine's serving/metrics.py):
     lamina_request_ttft_seconds (histogram), lamina_request_tbt_seconds (histogram),
     lamina_queue_depth, lamina_running_batch_size, lamina_kv_cache_utilization (gauges),
-    lamina_prefill_tokens_total, lamina_decode_tokens_total (counters).
+    lamina_prefill_tokens_total, lamina_decode_tokens_total (counters),
+    lamina_engine_step_seconds (histogram: its _sum over time is the pod's busy share).
 The waiting prompt tokens of a pod are its waiting requests x its mean prompt so far (prefill
 tokens computed / first tokens produced). Not lamina_prefill_queue_tokens: it also counts what
 is left of the prompts being computed, a remainder every pod carries, so its pool total grows
@@ -31,6 +32,7 @@ from .observation import Histogram, PodSample
 TTFT, TBT = "lamina_request_ttft_seconds", "lamina_request_tbt_seconds"
 GAUGES = ("lamina_queue_depth", "lamina_running_batch_size", "lamina_kv_cache_utilization")
 COUNTERS = ("lamina_prefill_tokens_total", "lamina_decode_tokens_total")
+STEP_SECONDS = "lamina_engine_step_seconds_sum"
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ def sample(target: PodTarget, cur: Snapshot, prev: Snapshot | None) -> PodSample
         kv_utilization=v.get("lamina_kv_cache_utilization", 0.0),
         prefill_tokens_per_second=rate("lamina_prefill_tokens_total"),
         decode_tokens_per_second=rate("lamina_decode_tokens_total"),
+        busy_fraction=min(1.0, rate(STEP_SECONDS)) if prev and STEP_SECONDS in v else None,
     )
 
 
@@ -167,7 +170,7 @@ class PrometheusReader:
         for name in GAUGES:
             for r in self._query(f"sum by (pod) ({name}{{{sel}}})"):
                 per_pod[r["metric"]["pod"]][name] = float(r["value"][1])
-        for name in COUNTERS:
+        for name in (*COUNTERS, STEP_SECONDS):
             for r in self._query(f"sum by (pod) (rate({name}{{{sel}}}[{window}s]))"):
                 per_pod[r["metric"]["pod"]][name] = float(r["value"][1])
         for name in (TTFT, TBT):
@@ -199,6 +202,7 @@ class PrometheusReader:
                     kv_utilization=v.get("lamina_kv_cache_utilization", 0.0),
                     prefill_tokens_per_second=v.get("lamina_prefill_tokens_total", 0.0),
                     decode_tokens_per_second=v.get("lamina_decode_tokens_total", 0.0),
+                    busy_fraction=min(1.0, v[STEP_SECONDS]) if STEP_SECONDS in v else None,
                 )  # fmt: skip
             )
         return out

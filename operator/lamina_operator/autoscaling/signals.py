@@ -4,8 +4,9 @@ Prefill signals:
 - ttft: the warm pods' TTFT percentile vs the target;
 - utilization: prompt-token arrival rate (computed rate + growth of the waiting prompts since
   the last evaluation) over the capacity of the ready and starting pods, vs 70% (an M/D/c
-  prefill queue waits about one service time there). Capacity per pod is learned: the highest
-  per-pod rate seen while that pod had a backlog (it was busy all interval);
+  prefill queue waits about one service time there). Capacity per pod is measured: prompt
+  tokens per second of busy time (the engine's step seconds), else the highest per-pod rate
+  seen while that pod had a backlog;
 - backlog: waiting prompt tokens (pods + router) in seconds of the ready and starting pods'
   capacity (their measured rate until a capacity is known), vs targetPrefillBacklog.
 Decode signals:
@@ -40,6 +41,7 @@ from .observation import Observation, PoolObservation, count, merge, quantile
 # then measures its capacity. One chunk's worth; below that the rate measures demand.
 SATURATED_BACKLOG_TOKENS = 512.0
 PREFILL_UTILIZATION_TARGET = 0.7
+MEASURABLE_BUSY = 0.2  # below this share of busy time a rate / busy estimate is too noisy
 BUSY = 0.5  # prefill utilisation from which prompts wait at times (TTFT is load-bound)
 # While pods start or warm up, these cannot show the capacity on its way (the flows can).
 SETTLING_EXCLUDED = ("backlog", "ttft", "tbt")
@@ -74,8 +76,22 @@ def prefill_queued(obs: Observation) -> float:
     return sum(p.queued_prefill_tokens for p in pods) + obs.router.queued_prefill_tokens
 
 
-def prefill_capacity(obs: Observation, previous: float | None) -> float | None:
-    """Tokens/s one prefill pod computes when busy: the highest per-pod rate seen saturated."""
+def prefill_capacity(obs: Observation, previous: float | None, warmup: float) -> float | None:
+    """Tokens/s one prefill pod computes while busy.
+
+    Measured where the pods report their busy time (engine step seconds): rate / busy share,
+    averaged over the warm pods busy enough to tell. Otherwise the highest per-pod rate seen while
+    the pod had a backlog (a lower bound: it may not have been busy all interval)."""
+    measured = [
+        p.prefill_tokens_per_second / p.busy_fraction
+        for p in obs.pools["prefill"].pods
+        if p.busy_fraction is not None
+        and p.busy_fraction >= MEASURABLE_BUSY
+        and p.ready_seconds >= warmup
+        and p.prefill_tokens_per_second > 0
+    ]
+    if measured:
+        return sum(measured) / len(measured)
     best = previous
     for pod in obs.pools["prefill"].pods:
         if pod.queued_prefill_tokens >= SATURATED_BACKLOG_TOKENS and pod.prefill_tokens_per_second:

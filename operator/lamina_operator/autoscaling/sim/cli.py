@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     )
     auto.add_argument(
         "--controllers", default=",".join(CONTROLLERS),
-        help=f"comma-separated ({', '.join(CONTROLLERS)})",
+        help=f"comma-separated ({', '.join(CONTROLLERS)}, or static:P:D for fixed replicas)",
     )  # fmt: skip
     auto.add_argument("--policy", type=Path, help="an AutoscalingPolicy YAML (default: built in)")
     auto.add_argument("--seed", type=int, default=0, help="arrival and length seed")

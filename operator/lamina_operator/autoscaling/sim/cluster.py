@@ -66,6 +66,7 @@ class Pod:
     kv_reserved: int = 0
     samples: list = field(default_factory=list)  # (latency, weight) since the last scrape
     tokens: float = 0.0  # tokens computed since the last scrape
+    busy: float = 0.0  # seconds spent computing since the last scrape
 
     def ready(self, now: float) -> bool:
         return now >= self.ready_at
@@ -162,9 +163,11 @@ class Cluster:
             finish = cursor + job.remaining_prefill / rate
             if finish > end:
                 pod.tokens += (end - cursor) * rate
+                pod.busy += end - cursor
                 job.remaining_prefill -= (end - cursor) * rate
                 break
             pod.tokens += job.remaining_prefill
+            pod.busy += finish - cursor
             job.remaining_prefill = 0.0
             pod.queue.popleft()
             pod.samples.append((finish - job.req.arrival, 1.0))
@@ -221,7 +224,7 @@ class Cluster:
             for pod in pool.serving(now):
                 samples.append(self._sample(name, pod, now, window))
             for pod in pool.pods:  # a scrape resets what each pod accumulated
-                pod.samples, pod.tokens = [], 0.0
+                pod.samples, pod.tokens, pod.busy = [], 0.0, 0.0
             live = pool.live()
             ready = len(pool.serving(now))
             pools[name] = PoolObservation(
@@ -249,6 +252,7 @@ class Cluster:
                 queued_prefill_tokens=sum(j.remaining_prefill for j in list(pod.queue)[1:]),
                 waiting_requests=float(max(len(pod.queue) - 1, 0)),
                 prefill_tokens_per_second=pod.tokens / window,
+                busy_fraction=pod.busy / window,
             )
         return PodSample(
             pod.name,

@@ -15,7 +15,7 @@ import yaml
 
 from ...api import AutoscalingPolicySpec
 from .profile import ServiceProfile
-from .run import DecideController, HpaController, Result, run_trace
+from .run import DecideController, HpaController, Result, StaticController, run_trace
 from .traces import TRACES
 
 CONTROLLERS = ("decide", "hpa", "hpa-tuned", "hpa-recipe")
@@ -41,7 +41,12 @@ def controller(name: str, policy: AutoscalingPolicySpec, profile: ServiceProfile
         return DecideController(policy)
     if name in CONTROLLERS:
         return HpaController(policy, profile, name)
-    raise ValueError(f"unknown controller {name!r}; pick from {', '.join(CONTROLLERS)}")
+    parts = name.split(":")
+    if parts[0] == "static" and len(parts) == 3 and all(p.isdigit() for p in parts[1:]):
+        return StaticController(int(parts[1]), int(parts[2]))
+    raise ValueError(
+        f"unknown controller {name!r}; pick from {', '.join(CONTROLLERS)} or static:P:D"
+    )
 
 
 def table(results: list[Result]) -> str:

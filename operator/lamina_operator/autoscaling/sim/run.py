@@ -89,6 +89,18 @@ class HpaController:
         return {pool: hpa.decide(obs) for pool, hpa in self.hpas.items()}
 
 
+class StaticController:
+    """Fixed replicas, e.g. `static:4:8` (a pool sized once by hand)."""
+
+    def __init__(self, prefill: int, decode: int):
+        self.name = f"static:{prefill}:{decode}"
+        self.want = {"prefill": prefill, "decode": decode}
+        self.reasons: dict[str, int] = {}
+
+    def __call__(self, obs) -> dict[str, int]:
+        return dict(self.want)
+
+
 def run_trace(
     trace: Trace,
     controller,
