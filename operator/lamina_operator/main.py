@@ -81,6 +81,10 @@ def policy_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> N
         on_policy(memo.reconciler, dict(body), logger)
 
 
-@kopf.timer(GROUP, VERSION, SERVING_PLURAL, interval=TICK_SECONDS, id="autoscale")
+def _autoscaled(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("autoscaling"))
+
+
+@kopf.timer(GROUP, VERSION, SERVING_PLURAL, interval=TICK_SECONDS, id="autoscale", when=_autoscaled)
 def autoscale_timer(namespace: str, name: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     autoscale(memo.autoscaler, namespace, name, logger)

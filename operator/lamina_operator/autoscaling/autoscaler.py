@@ -4,7 +4,7 @@ Called by the kopf timer every few seconds for every ServingDeployment; it acts 
 policy's evaluationIntervalSeconds have passed since its last evaluation of that deployment.
 The policy is read on every evaluation (inline, or the AutoscalingPolicy named by policyRef),
 so a changed shared policy takes effect on every deployment using it at its next evaluation,
-without restarts. Steps:
+without restarts. Between evaluations a tick makes no API call. Steps:
 1. the spec, the policy and the two pool Deployments (nothing to do without them: the
    reconciler reports why);
 2. metrics of the ready prefill, decode and router pods (scrape.py), directly or through the
@@ -39,6 +39,7 @@ from .scrape import MetricsError, PodScraper, PrometheusReader
 
 HISTORY_SECONDS = 3600 * 2  # longest stabilisation window (1 h) with room
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+NO_POLICY_RECHECK_SECONDS = 60  # autoscaling off or its policy missing: look again this often
 
 
 class Autoscaler:
@@ -55,6 +56,8 @@ class Autoscaler:
         self.scrapers: dict[tuple[str, str], PodScraper] = {}
         self.histories: dict[tuple[str, str], list[HistoryEntry]] = {}
         self.last_run: dict[tuple[str, str], float] = {}
+        # seconds until the next look: the policy's interval (no API call before it is due)
+        self.intervals: dict[tuple[str, str], float] = {}
 
     def policy_for(
         self, namespace: str, spec_raw: dict[str, Any]
@@ -74,17 +77,21 @@ class Autoscaler:
     def evaluate(self, namespace: str, name: str, force: bool = False) -> Decision | None:
         """Evaluate if due (or `force`); None when there is nothing to evaluate yet."""
         key, now = (namespace, name), self.clock()
+        last, interval = self.last_run.get(key), self.intervals.get(key)
+        if not force and last is not None and interval is not None and now - last < interval:
+            return None
         body = self.client.get(API_VERSION, SERVING_KIND, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.histories.pop(key, None)
             self.scrapers.pop(key, None)
             return None
         policy, policy_name = self.policy_for(namespace, body.get("spec") or {})
-        if policy is None:
-            return None  # no autoscaling, or a policy problem the reconciler reports
+        if policy is None:  # no autoscaling, or a policy problem the reconciler reports
+            self.last_run[key], self.intervals[key] = now, NO_POLICY_RECHECK_SECONDS
+            return None
+        self.intervals[key] = policy.evaluation_interval_seconds
         previous = (body.get("status") or {}).get("autoscaling") or {}
-        last = self.last_run.get(key)
-        if last is None:
+        if last is None:  # a restarted operator: continue the deployment's rhythm
             last = cluster_view.parse_time(previous.get("lastDecisionTime"))
         if not force and last is not None and now - last < policy.evaluation_interval_seconds:
             return None
