@@ -171,6 +171,6 @@ def decode_attention(
     )  # fmt: skip
     _decode_merge[(batch, num_heads)](
         part_out, part_lse, out, hd, num_splits, out.stride(0), out.stride(1),
-        S_PAD=max(2, triton.next_power_of_2(num_splits)), HD_PAD=hd_pad, num_warps=1,
+        S_PAD=max(2, triton.next_power_of_2(num_splits)), HD_PAD=hd_pad, num_warps=4,
     )  # fmt: skip
     return out

@@ -1,6 +1,7 @@
 """Compiles every kernel, at every launch config in kernels/configs/*.json, in bf16 for sm_90
 (H100/H200) down to a cubin with Triton's bundled ptxas: no GPU needed. Catches what the
-interpreter cannot (illegal ops or types in compiled Triton, shared memory over the limit). Run in its own process
+interpreter cannot: illegal ops or types in compiled Triton, shared memory over the limit, and
+register spills (stack or local memory, read with the bundled cuobjdump). Run in its own process
 with TRITON_INTERPRET=0 (the interpreter is chosen when a kernel is decorated):
 
     TRITON_INTERPRET=0 python tests/engine/kernels/sm90_compile.py
@@ -9,7 +10,11 @@ with TRITON_INTERPRET=0 (the interpreter is chosen when a kernel is decorated):
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("run with TRITON_INTERPRET=0")
@@ -32,6 +37,12 @@ TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 227 * 1024  # H100/H200 per-block shared memory
 
 
+def _aligned(name: str, ty: str) -> bool:
+    if ty.startswith("*"):
+        return True
+    return ty == "i32" and name not in ("group", "head_dim", "num_splits", "block_size")
+
+
 def _sig(names: str, types: str) -> dict[str, str]:
     return dict(zip(names.split(), types.split(), strict=True))
 
@@ -39,11 +50,34 @@ def _sig(names: str, types: str) -> dict[str, str]:
 def _compile(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: int = 1) -> None:
     sig = dict(signature, **{k: "constexpr" for k in constexprs})
     opts = dict(num_warps=num_warps, num_stages=num_stages)
-    kernel = triton.compile(ASTSource(fn, sig, constexprs), target=TARGET, options=opts)
+    # As a launch specialises them: pointers and the Qwen3-30B-A3B shape's sizes and strides
+    # are multiples of 16 (scale, eps and head counts are not).
+    aligned = [i for i, (name, ty) in enumerate(signature.items()) if _aligned(name, ty)]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    kernel = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=TARGET, options=opts)
     shared = kernel.metadata.shared
     if shared > SMEM_LIMIT:
         raise SystemExit(f"{fn.__name__} {constexprs}: {shared} B shared memory > {SMEM_LIMIT}")
-    print(f"ok {fn.__name__} shared={shared} {constexprs} warps={num_warps}")
+    usage = _resource_usage(kernel.asm["cubin"])
+    if usage["STACK"] or usage["LOCAL"]:
+        raise SystemExit(f"{fn.__name__} {constexprs} spills registers: {usage}")
+    print(f"ok {fn.__name__} regs={usage['REG']} shared={shared} {constexprs} warps={num_warps}")
+
+
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    """REG/STACK/LOCAL... of the one kernel in `cubin`, from Triton's bundled cuobjdump."""
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.cubin"
+        path.write_bytes(cubin)
+        out = subprocess.run(
+            [str(tool), "--dump-resource-usage", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    line = next(x for x in out.splitlines() if "REG:" in x)
+    return {k: int(v) for k, v in re.findall(r"([A-Z]+):(\d+)", line)}
 
 
 def _table(kernel: str) -> list[dict]:
@@ -79,7 +113,7 @@ def main() -> None:
             "part_out_ptr part_lse_ptr out_ptr head_dim num_splits stride_ob stride_oh",
             f"*fp32 *fp32 *{dt} i32 i32 i32 i32",
         )
-        _compile(decode_attention._decode_merge, merge, dict(S_PAD=32, HD_PAD=128), 1)
+        _compile(decode_attention._decode_merge, merge, dict(S_PAD=32, HD_PAD=128), 4)
         pre = _sig(
             "q_ptr k_ptr v_ptr out_ptr starts_ptr q_lens_ptr contexts_ptr tables_ptr scale "
             "head_dim group block_size stride_qt stride_qh stride_ot stride_oh stride_kb "
