@@ -349,3 +349,20 @@ def test_each_deployment_keeps_its_own_scrapes(
     slow_decode(pods)
     clock.now += 15
     assert auto.evaluate(NS, "qwen").pools["decode"].desired == 6
+
+
+def test_status_written_is_valid_against_the_crd_schema(world, pods, recorder):
+    # What the API server would check on the status subresource (the in-memory one does not).
+    from .test_crds import _schema, _validate
+
+    clock = Clock()
+    auto = Autoscaler(world, recorder, clock)
+    auto.evaluate(NS, "qwen")
+    world.patch("apps/v1", "Deployment", NS, "qwen-decode", {"spec": {"replicas": 5}})
+    slow_decode(pods)
+    clock.now += 15
+    auto.evaluate(NS, "qwen")  # a manual change: conditions, manualSince, a decision record
+    status = world.get(*SD, "qwen")["status"]
+    assert status["autoscaling"]["decisions"] and status["autoscaling"]["manualSince"]
+    schema = _schema("lamina.dev_servingdeployments.yaml")["properties"]["status"]
+    _validate(schema, status)
