@@ -21,6 +21,7 @@ import math
 from ..api import AutoscalingPolicySpec
 
 Counts = dict[str, int]
+Note = tuple[str | None, str]  # (the pool it changed, or None for the whole deployment; text)
 
 
 def _bounds(policy: AutoscalingPolicySpec, pool: str) -> tuple[int, int]:
@@ -37,37 +38,39 @@ def ratio_ok(policy: AutoscalingPolicySpec, p: int, d: int) -> bool:
 
 def enforce_ratio(
     policy: AutoscalingPolicySpec, counts: Counts, fixed: set[str]
-) -> tuple[Counts, list[str]]:
+) -> tuple[Counts, list[Note]]:
     r = policy.prefill_to_decode_ratio
     p, d = counts["prefill"], counts["decode"]
-    notes: list[str] = []
+    notes: list[Note] = []
     if d == 0 or ratio_ok(policy, p, d):
         return counts, notes
     if 100 * p < r.min_percent * d:  # too few prefill
         need = math.ceil(r.min_percent * d / 100)
         top = _bounds(policy, "prefill")[1]
         if "prefill" not in fixed and min(need, top) > p:
-            notes.append(f"ratio: prefill {p}->{min(need, top)} (min {r.min_percent}%)")
+            notes.append(
+                ("prefill", f"ratio: prefill {p}->{min(need, top)} (min {r.min_percent}%)")
+            )
             p = min(need, top)
         if 100 * p < r.min_percent * d and "decode" not in fixed:
             low = max(_bounds(policy, "decode")[0], 1)
             new_d = max(low, math.floor(100 * p / r.min_percent)) if r.min_percent else d
             if new_d < d:
-                notes.append(f"ratio: decode {d}->{new_d} (prefill at its max)")
+                notes.append(("decode", f"ratio: decode {d}->{new_d} (prefill at its max)"))
                 d = new_d
     else:  # too many prefill per decode
         need = math.ceil(100 * p / r.max_percent) if r.max_percent else d
         top = _bounds(policy, "decode")[1]
         if "decode" not in fixed and min(need, top) > d:
-            notes.append(f"ratio: decode {d}->{min(need, top)} (max {r.max_percent}%)")
+            notes.append(("decode", f"ratio: decode {d}->{min(need, top)} (max {r.max_percent}%)"))
             d = min(need, top)
         if 100 * p > r.max_percent * d and "prefill" not in fixed:
             new_p = max(_bounds(policy, "prefill")[0], math.floor(r.max_percent * d / 100))
             if new_p < p:
-                notes.append(f"ratio: prefill {p}->{new_p} (decode at its max)")
+                notes.append(("prefill", f"ratio: prefill {p}->{new_p} (decode at its max)"))
                 p = new_p
     if not ratio_ok(policy, p, d):
-        notes.append(f"ratio: {p}:{d} stays outside [{r.min_percent}%, {r.max_percent}%]")
+        notes.append((None, f"ratio: {p}:{d} stays outside [{r.min_percent}%, {r.max_percent}%]"))
     return {"prefill": p, "decode": d}, notes
 
 
@@ -82,7 +85,7 @@ def enforce_budget(
     pressure: dict[str, tuple[float, int]],  # pool -> (largest signal ratio, ready pods)
     fixed: set[str],
     current: Counts,
-) -> tuple[Counts, list[str]]:
+) -> tuple[Counts, list[Note]]:
     budget = policy.gpu_budget
     if budget is None:
         return counts, []
@@ -110,11 +113,13 @@ def enforce_budget(
         trial[pool] += delta
         return ratio_ok(policy, trial["prefill"], trial["decode"])
 
-    notes: list[str] = []
+    notes: list[Note] = []
     while gpus(counts, per_replica) > budget:
         options = [p for p in counts if movable(p, -1)]
         if not options:
-            notes.append(f"budget: {gpus(counts, per_replica)} GPUs > {budget} at the minimums")
+            notes.append(
+                (None, f"budget: {gpus(counts, per_replica)} GPUs > {budget} at the minimums")
+            )
             break
         options.sort(
             key=lambda p: (not keeps_ratio(p, -1), projected(p, counts[p] - 1) * keep(p, counts[p]))
@@ -138,5 +143,5 @@ def enforce_budget(
         counts[options[0]] += 1
     for pool in counts:
         if counts[pool] != before[pool]:
-            notes.append(f"budget: {pool} {before[pool]}->{counts[pool]}")
+            notes.append((pool, f"budget: {pool} {before[pool]}->{counts[pool]}"))
     return counts, notes

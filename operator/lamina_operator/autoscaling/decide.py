@@ -135,15 +135,16 @@ def decide(
             clamps[pool].append(f"{'min' if bounded > n else 'max'}Replicas: {n}->{bounded}")
         counts[pool] = bounded
     counts, ratio_notes = enforce_ratio(policy, counts, fixed)
+    # Every signal counts here, acted on or not: a pressure that jumps whenever a latency turns
+    # (not) load-bound made the budget trade replicas back and forth (246 moves an hour).
     pressure = {
         pool: (max((s.ratio for s in signals[pool]), default=0.0), obs.pools[pool].ready)
         for pool in POOLS
     }
     counts, budget_notes = enforce_budget(policy, counts, per_replica, pressure, fixed, current)
-    for note in ratio_notes + budget_notes:
-        for pool in POOLS:
-            if f" {pool} " in f" {note.split(':', 1)[-1]} ":
-                clamps[pool].append(note)
+    for pool, text in ratio_notes + budget_notes:
+        if pool is not None:
+            clamps[pool].append(text)
     pools = {
         pool: PoolDecision(
             current=current[pool],
@@ -158,7 +159,7 @@ def decide(
         )
         for pool in POOLS
     }
-    notes = tuple(n for n in ratio_notes + budget_notes if n.endswith(("]", "minimums")))
+    notes = tuple(text for pool, text in ratio_notes + budget_notes if pool is None)
     reason = _reason(pools, raw, changed, fixed, budget_notes)
     return Decision(
         time=obs.now,
@@ -181,7 +182,7 @@ def _reason(
     raw: dict[str, PoolSignals],
     changed: list[str],
     fixed: set[str],
-    budget_notes: list[str],
+    budget_notes: list[tuple[str | None, str]],
 ) -> str:
     if changed:
         return "ManualChangeYielded" if fixed.intersection(changed) else "ManualChangeReclaimed"
