@@ -142,3 +142,19 @@ def test_peering_lookup(rest):
         "/apis/kopf.dev/v1/namespaces/ns/kopfpeerings/missing",
         "/apis/kopf.dev/v1/namespaces/ns/kopfpeerings/secret",
     ]
+
+
+def test_every_kind_the_operator_touches_has_its_real_plural():
+    """The REST client builds URLs from plurals; each must be the resource the RBAC rules name
+    (a guessed "networkpolicys" was a 403 on a real API server)."""
+    from lamina_operator.kube.client import plural_of
+    from lamina_operator.rbac import all_rules
+    from lamina_operator.reconcile.children import CHILD_KINDS
+
+    resources = {r for rule in all_rules() for r in rule["resources"]}
+    for _, kind in CHILD_KINDS:
+        assert plural_of(kind) in resources, kind
+    assert plural_of("NetworkPolicy") == "networkpolicies"
+    assert plural_of("Pod") == "pods"
+    with pytest.raises(ValueError, match="Lease"):
+        plural_of("Lease")

@@ -10,9 +10,13 @@ from __future__ import annotations
 import copy
 from typing import Any, Protocol
 
-# kind -> plural resource name, for the kinds the operator touches.
+# kind -> plural resource name, for every kind the operator touches. No guessing from the kind:
+# "NetworkPolicy" + "s" is not a resource, and a wrong guess only shows as a 403 or 404 on a
+# real API server.
 PLURALS = {
     "ConfigMap": "configmaps",
+    "NetworkPolicy": "networkpolicies",
+    "Pod": "pods",
     "Deployment": "deployments",
     "Event": "events",
     "PodDisruptionBudget": "poddisruptionbudgets",
@@ -24,7 +28,10 @@ PLURALS = {
 
 
 def plural_of(kind: str) -> str:
-    return PLURALS.get(kind, kind.lower() + "s")
+    try:
+        return PLURALS[kind]
+    except KeyError:
+        raise ValueError(f"no plural known for kind {kind!r}: add it to PLURALS") from None
 
 
 class KubeError(Exception):
