@@ -122,7 +122,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "crds" and args.check and args.output is None:
+        parser.error("crds --check needs --output DIR: the directory to compare, e.g. crds")
     if args.command == "crds":
         return _crds(args.output, args.check)
     if args.command == "bench":

@@ -33,6 +33,20 @@ def test_crds_check_detects_drift(tmp_path, capsys):
     assert "is out of date" in capsys.readouterr().out
 
 
+def test_crds_check_without_a_directory_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["crds", "--check"])
+    assert exc.value.code == 2
+    assert "--check needs --output DIR" in capsys.readouterr().err
+
+
+def test_crds_yaml_has_no_anchors(capsys):
+    # Two schema nodes built from one dict must still be written out in full.
+    assert cli.main(["crds"]) == 0
+    out = capsys.readouterr().out
+    assert "&id" not in out and "*id" not in out
+
+
 def test_run_requires_a_scope(capsys):
     assert cli.main(["run"]) == 2
     assert "--all-namespaces" in capsys.readouterr().err
