@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 # helm and the kube-apiserver build are cached per user, so a fresh clone reuses them.
 export LAMINA_E2E_CACHE ?= $(HOME)/.cache/lamina/e2e
 
-.PHONY: install test test-fast lint e2e up crds clean
+.PHONY: install test test-fast lint e2e up crds clean cluster-up cluster-down e2e-node
 
 install: $(STAMP)
 
@@ -38,6 +38,19 @@ e2e: $(STAMP)
 
 up: $(STAMP)
 	$(VENV)/bin/lamina up
+
+# A real single-node Kubernetes (root; e2e/node/README.md): binaries, base rootfs and images are
+# built once and cached under ~/.cache/lamina/node. Prints `export KUBECONFIG=...` and the
+# `helm install ...` line. cluster-down stops it and puts the machine's settings back.
+cluster-up: $(STAMP)
+	@$(PY) e2e/node/cluster.py up
+
+cluster-down:
+	@$$(test -x $(PY) && echo $(PY) || echo python3) e2e/node/cluster.py down
+
+# The full-stack e2e on that node (helm, kubectl, openai); starts and stops a cluster if none is up.
+e2e-node: $(STAMP)
+	bash e2e/node/run.sh
 
 crds: $(STAMP)
 	$(VENV)/bin/lamina-operator crds --output crds/
