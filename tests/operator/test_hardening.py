@@ -72,7 +72,8 @@ def test_clients_and_monitoring_peers(minimal_spec):
     office = {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}}
     minimal_spec["networkPolicy"] = {"clientsFrom": [office], "monitoringFrom": [prometheus]}
     policies = _policies(minimal_spec)
-    assert _sources(policies["qwen-router"])[1] == [office]
+    # the router's SLO metrics stay readable when its clients are restricted
+    assert _sources(policies["qwen-router"])[1] == [office, prometheus]
     for engine in ("qwen-prefill", "qwen-decode"):
         assert _sources(policies[engine])[1][1:] == [prometheus]
     assert len(_sources(policies["qwen-redis"])[1]) == 1  # Prometheus never reaches Redis
@@ -89,7 +90,12 @@ def test_with_autoscaling_the_operator_may_read_engine_metrics(minimal_spec, gpu
         assert operator in _sources(_policies(gpu_spec)[engine])[1]  # autoscaling.policyRef
         assert operator not in _sources(_policies(minimal_spec)[engine])[1]  # no autoscaler
     assert _sources(_policies(gpu_spec)["qwen-router"])[1] is None  # clients: anyone
+    # restricted clients: the operator still reads the router's TTFT/TBT
+    office = {"ipBlock": {"cidr": "10.0.0.0/8"}}
+    gpu_spec["networkPolicy"] = {"clientsFrom": [office]}
+    assert _sources(_policies(gpu_spec)["qwen-router"])[1] == [office, operator]
     gpu_spec["autoscaling"]["enabled"] = False
+    assert _sources(_policies(gpu_spec)["qwen-router"])[1] == [office]
     assert operator not in _sources(_policies(gpu_spec)["qwen-decode"])[1]
 
 

@@ -90,8 +90,9 @@ class NetworkPolicySpec(KubeModel):
     monitoring_from: list[NetworkPeer] = Field(
         default_factory=list,
         description=(
-            "Who else may reach prefill and decode pods on port 8000, e.g. Prometheus scraping "
-            "/metrics: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: "
-            "monitoring}}}]. Empty: only the router and the engines (metrics are not scraped)."
+            "Who else may reach prefill and decode pods (and the router, when clientsFrom "
+            "restricts it) on port 8000, e.g. Prometheus scraping /metrics: [{namespaceSelector: "
+            "{matchLabels: {kubernetes.io/metadata.name: monitoring}}}]. Empty: only the router "
+            "and the engines (metrics are not scraped)."
         ),
     )

@@ -1,10 +1,12 @@
 """Ingress NetworkPolicies of a ServingDeployment, one per pool (`<name>-<role>`).
 
-- router: port 8000 from `clientsFrom` (anyone when empty: it is the endpoint).
+- router: port 8000 from anyone, or, when `clientsFrom` is set, from those clients plus the
+  readers of its /metrics (below): the SLO alerts and the autoscaler's TTFT/TBT come from the
+  router, so restricting clients must not cut them off.
 - prefill, decode: port 8000 from this deployment's router, prefill and decode pods only, plus
-  `monitoringFrom` (Prometheus) and, when autoscaling is on, the Lamina operator's pods (label
-  lamina.dev/operator=true, any namespace: its namespace label is not guaranteed before 1.21),
-  which read /metrics. Other workloads never reach the internal prefill endpoint.
+  the readers of /metrics: `monitoringFrom` (Prometheus) and, when autoscaling is on, the
+  Lamina operator's pods (label lamina.dev/operator=true, any namespace: its namespace label
+  is not guaranteed before 1.21). Other workloads never reach the internal prefill endpoint.
 - redis (managed): port 6379 from this deployment's prefill and decode pods only; the router
   never talks to Redis.
 Only Ingress is isolated: engines still reach DNS, the API of a model store, and an external
@@ -72,14 +74,21 @@ def build_network_policy(owner: Owner, spec: ServingDeploymentSpec, role: str) -
     if role == "router":
         if net.clients_from:  # no `from` at all admits every source
             rule["from"] = [peer.manifest() for peer in net.clients_from]
+            rule["from"] += _metrics_readers(spec)
     else:
         rule["from"] = [_pods_of(owner, PEERS[role])]
         if role in ENGINE_ROLES:
-            rule["from"] += [peer.manifest() for peer in net.monitoring_from]
-            auto = spec.autoscaling
-            if auto is not None and auto.enabled:  # the autoscaler scrapes each pod's /metrics
-                rule["from"].append(copy.deepcopy(OPERATOR_PEER))
+            rule["from"] += _metrics_readers(spec)
     return _policy(owner, role, rule)
+
+
+def _metrics_readers(spec: ServingDeploymentSpec) -> list[dict[str, Any]]:
+    """Peers that read /metrics: monitoringFrom, and the operator when it autoscales."""
+    peers = [peer.manifest() for peer in spec.network_policy.monitoring_from]
+    auto = spec.autoscaling
+    if auto is not None and auto.enabled:
+        peers.append(copy.deepcopy(OPERATOR_PEER))
+    return peers
 
 
 def build_network_policies(owner: Owner, spec: ServingDeploymentSpec) -> list[dict[str, Any]]:
