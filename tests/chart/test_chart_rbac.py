@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from chart_helpers import CHART, render
+from chart_helpers import CHART, render, run_helm
 
-rbac = pytest.importorskip("lamina_operator.rbac", reason="the operator package is not installed")
+from lamina_operator import rbac
 
 
 def triples(rules: list[dict]) -> set[tuple[str, str, str]]:
@@ -65,6 +65,16 @@ def test_secrets_everywhere_only_when_asked(helm):
     objects = render(helm, "--set", "rbac.secretsInAllNamespaces=true")
     refs = {b["roleRef"]["name"] for b in _by_kind(objects, "ClusterRoleBinding").values()}
     assert refs == {"lamina", "lamina-secrets"}
+
+
+@pytest.mark.parametrize(
+    "setting", ["rbac.secretNamespaces={serving}", "rbac.secretsInAllNamespaces=true"]
+)
+def test_secret_settings_of_a_namespaced_install_are_refused(helm, setting):
+    # A namespaced install's Roles grant Secrets already: the setting would be ignored.
+    namespaced = str(CHART / "ci" / "namespaced-values.yaml")
+    proc = run_helm(helm, "template", "lamina", str(CHART), "-f", namespaced, "--set", setting)
+    assert proc.returncode != 0 and "apply with watch.allNamespaces only" in proc.stderr
 
 
 def test_namespaced_roles_equal_the_operators_needs(helm):
