@@ -20,6 +20,8 @@ DEPLOYMENT_LABEL = f"{GROUP}/deployment"
 ROLE_LABEL = f"{GROUP}/role"
 # On the operator's pods (the chart sets it): engine NetworkPolicies admit them to /metrics.
 OPERATOR_POD_LABEL = f"{GROUP}/operator"
+# The operator pod's namespace (downward API in the chart): NetworkPolicies admit it from there.
+OPERATOR_NAMESPACE_ENV = "LAMINA_OPERATOR_NAMESPACE"
 MANAGED_BY = "lamina-operator"
 PART_OF = "lamina"
 

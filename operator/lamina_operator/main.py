@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import kopf
 
 from .autoscaling.autoscaler import Autoscaler
-from .constants import GROUP, MANAGED_BY, POLICY_PLURAL, SERVING_PLURAL, VERSION
+from .constants import (
+    GROUP,
+    MANAGED_BY,
+    OPERATOR_NAMESPACE_ENV,
+    POLICY_PLURAL,
+    SERVING_PLURAL,
+    VERSION,
+)
 from .handlers.autoscaling import TICK_SECONDS, autoscale
 from .handlers.errors import kube_errors
 from .handlers.peering import settle_peering
@@ -41,7 +49,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: 
             exists=client.peering_exists,
             logger=logger,
         )
-    memo.reconciler = Reconciler(client, KopfRecorder())
+    namespace = os.environ.get(OPERATOR_NAMESPACE_ENV) or None
+    memo.reconciler = Reconciler(client, KopfRecorder(), operator_namespace=namespace)
     memo.autoscaler = Autoscaler(client, KopfRecorder())
 
 

@@ -154,3 +154,16 @@ def test_operator_pods_carry_the_label_engine_policies_admit(helm):
     (operator,) = [o for o in render(helm) if o["kind"] == "Deployment"]
     assert operator["spec"]["template"]["metadata"]["labels"][OPERATOR_POD_LABEL] == "true"
     assert OPERATOR_POD_LABEL not in operator["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize("values", [(), ("--set", "extraEnv[0].name=A,extraEnv[0].value=b")])
+def test_operator_knows_its_namespace(helm, values):
+    """...so engine NetworkPolicies admit the operator's pods from that namespace only."""
+    from lamina_operator.constants import OPERATOR_NAMESPACE_ENV
+
+    (operator,) = [o for o in render(helm, *values) if o["kind"] == "Deployment"]
+    env = {e["name"]: e for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[OPERATOR_NAMESPACE_ENV]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
+    assert ("A" in env) == bool(values)

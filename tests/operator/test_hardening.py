@@ -13,14 +13,16 @@ from lamina_operator.builders import BuildContext, Owner, build_children
 OWNER = Owner(name="qwen", namespace="serving", uid="0000-1111")
 
 
-def _children(spec_dict):
+def _children(spec_dict, operator_namespace=None):
     spec = ServingDeploymentSpec.model_validate(spec_dict)
-    built = build_children(OWNER, spec, BuildContext(redis_password="pw-fixed"))
+    ctx = BuildContext(redis_password="pw-fixed", operator_namespace=operator_namespace)
+    built = build_children(OWNER, spec, ctx)
     return {(d.manifest["kind"], d.manifest["metadata"]["name"]): d.manifest for d in built}
 
 
-def _policies(spec_dict):
-    return {name: m for (kind, name), m in _children(spec_dict).items() if kind == "NetworkPolicy"}
+def _policies(spec_dict, operator_namespace=None):
+    children = _children(spec_dict, operator_namespace)
+    return {name: m for (kind, name), m in children.items() if kind == "NetworkPolicy"}
 
 
 def _sources(policy):
@@ -97,6 +99,20 @@ def test_with_autoscaling_the_operator_may_read_engine_metrics(minimal_spec, gpu
     gpu_spec["autoscaling"]["enabled"] = False
     assert _sources(_policies(gpu_spec)["qwen-router"])[1] == [office]
     assert operator not in _sources(_policies(gpu_spec)["qwen-decode"])[1]
+
+
+def test_the_operator_is_admitted_from_its_own_namespace_only(gpu_spec):
+    policies = _policies(gpu_spec, operator_namespace="lamina-system")
+    operator = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "lamina-system"}},
+        "podSelector": {"matchLabels": {"lamina.dev/operator": "true"}},
+    }
+    for engine in ("qwen-prefill", "qwen-decode"):
+        peers = _sources(policies[engine])[1]
+        assert operator in peers
+        # no peer admits labelled pods from every namespace
+        assert all(p.get("namespaceSelector") != {} for p in peers)
+        kubernetes_validate.validate(policies[engine], "1.25", strict=True)
 
 
 def test_policies_can_be_turned_off_and_follow_managed_redis(minimal_spec, gpu_spec):

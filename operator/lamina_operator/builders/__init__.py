@@ -43,6 +43,9 @@ class BuildContext:
     """Facts about the cluster and the moment that the spec does not hold."""
 
     pdb_api_version: str = "policy/v1"  # policy/v1beta1 on Kubernetes 1.20
+    # The operator's own namespace (the chart sets LAMINA_OPERATOR_NAMESPACE): engine
+    # NetworkPolicies admit its pods from there only. None (run outside the chart): any.
+    operator_namespace: str | None = None
     # Used only if the managed Redis Secret has to be created; an existing one is kept as is.
     redis_password: str = field(default_factory=generate_password, repr=False)
 
@@ -66,7 +69,8 @@ def build_children(
         out.append(Desired(build_pool_deployment(owner, spec, role, digest)))
         out.append(Desired(build_service(owner, spec, role)))
         out.append(Desired(build_pdb(owner, role, ctx.pdb_api_version)))
-    out += [Desired(policy) for policy in build_network_policies(owner, spec)]
+    policies = build_network_policies(owner, spec, ctx.operator_namespace)
+    out += [Desired(policy) for policy in policies]
     return out
 
 

@@ -5,8 +5,9 @@
   router, so restricting clients must not cut them off.
 - prefill, decode: port 8000 from this deployment's router, prefill and decode pods only, plus
   the readers of /metrics: `monitoringFrom` (Prometheus) and, when autoscaling is on, the
-  Lamina operator's pods (label lamina.dev/operator=true, any namespace: its namespace label
-  is not guaranteed before 1.21). Other workloads never reach the internal prefill endpoint.
+  Lamina operator's pods (label lamina.dev/operator=true) in the operator's namespace, known
+  from LAMINA_OPERATOR_NAMESPACE (the chart sets it; without it, any namespace: then any pod
+  carrying that label gets in). Other workloads never reach the internal prefill endpoint.
 - redis (managed): port 6379 from this deployment's prefill and decode pods only; the router
   never talks to Redis.
 Only Ingress is isolated: engines still reach DNS, the API of a model store, and an external
@@ -15,7 +16,6 @@ Redis. Kubelet probes come from the node, which CNIs that enforce NetworkPolicy 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from ..api import ServingDeploymentSpec
@@ -37,10 +37,17 @@ PEERS = {
 }
 
 
-OPERATOR_PEER = {
-    "namespaceSelector": {},
-    "podSelector": {"matchLabels": {OPERATOR_POD_LABEL: "true"}},
-}
+# Set by the API server on every namespace since Kubernetes 1.21.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def operator_peer(namespace: str | None) -> dict[str, Any]:
+    """The operator's pods: in `namespace`, or (unknown) in any namespace."""
+    where = {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}} if namespace else {}
+    return {
+        "namespaceSelector": where,
+        "podSelector": {"matchLabels": {OPERATOR_POD_LABEL: "true"}},
+    }
 
 
 def _pods_of(owner: Owner, roles: tuple[str, ...]) -> dict[str, Any]:
@@ -66,7 +73,9 @@ def _policy(owner: Owner, component: str, rule: dict[str, Any]) -> dict[str, Any
     }
 
 
-def build_network_policy(owner: Owner, spec: ServingDeploymentSpec, role: str) -> dict[str, Any]:
+def build_network_policy(
+    owner: Owner, spec: ServingDeploymentSpec, role: str, operator_namespace: str | None = None
+) -> dict[str, Any]:
     """The policy of one pool: router, prefill, decode or redis."""
     net = spec.network_policy
     port = REDIS_PORT if role == "redis" else ENGINE_PORT
@@ -74,28 +83,32 @@ def build_network_policy(owner: Owner, spec: ServingDeploymentSpec, role: str) -
     if role == "router":
         if net.clients_from:  # no `from` at all admits every source
             rule["from"] = [peer.manifest() for peer in net.clients_from]
-            rule["from"] += _metrics_readers(spec)
+            rule["from"] += _metrics_readers(spec, operator_namespace)
     else:
         rule["from"] = [_pods_of(owner, PEERS[role])]
         if role in ENGINE_ROLES:
-            rule["from"] += _metrics_readers(spec)
+            rule["from"] += _metrics_readers(spec, operator_namespace)
     return _policy(owner, role, rule)
 
 
-def _metrics_readers(spec: ServingDeploymentSpec) -> list[dict[str, Any]]:
+def _metrics_readers(
+    spec: ServingDeploymentSpec, operator_namespace: str | None
+) -> list[dict[str, Any]]:
     """Peers that read /metrics: monitoringFrom, and the operator when it autoscales."""
     peers = [peer.manifest() for peer in spec.network_policy.monitoring_from]
     auto = spec.autoscaling
     if auto is not None and auto.enabled:
-        peers.append(copy.deepcopy(OPERATOR_PEER))
+        peers.append(operator_peer(operator_namespace))
     return peers
 
 
-def build_network_policies(owner: Owner, spec: ServingDeploymentSpec) -> list[dict[str, Any]]:
+def build_network_policies(
+    owner: Owner, spec: ServingDeploymentSpec, operator_namespace: str | None = None
+) -> list[dict[str, Any]]:
     """Every policy the spec wants: none when networkPolicy.enabled is false."""
     if not spec.network_policy.enabled:
         return []
     roles = ["router", *ENGINE_ROLES]
     if spec.engine.kv_transfer.managed_redis:
         roles.append("redis")
-    return [build_network_policy(owner, spec, role) for role in roles]
+    return [build_network_policy(owner, spec, role, operator_namespace) for role in roles]

@@ -63,10 +63,12 @@ class Reconciler:
         client: KubeClient,
         recorder: EventRecorder,
         clock: Callable[[], str] = utc_now,
+        operator_namespace: str | None = None,
     ):
         self.client = client
         self.recorder = recorder
         self.clock = clock
+        self.operator_namespace = operator_namespace
         self._pdb_api_version: str | None = None
 
     def build_context(self) -> BuildContext:
@@ -74,7 +76,9 @@ class Reconciler:
         if self._pdb_api_version is None:
             served = self.client.serves("policy/v1")
             self._pdb_api_version = "policy/v1" if served else "policy/v1beta1"
-        return BuildContext(pdb_api_version=self._pdb_api_version)
+        return BuildContext(
+            pdb_api_version=self._pdb_api_version, operator_namespace=self.operator_namespace
+        )
 
     def reconcile(self, body: dict[str, Any]) -> Outcome:
         """One pass over a ServingDeployment as kopf handed it (its body is not read again).
