@@ -30,6 +30,25 @@ RANDOM_CONFIGS: dict[str, dict] = {
         tie_word_embeddings=False,
         decoder_sparse_step=1,
     ),
+    # moe-bench-skewed: moe-bench's shapes and seed, its routers biased so expert popularity is
+    # Zipf-like and a batch's expert coverage follows Qwen3-30B-A3B's (routing_skew.py).
+    "moe-bench-skewed": dict(
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=512,
+        moe_intermediate_size=256,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        num_experts=64,
+        num_experts_per_tok=4,
+        norm_topk_prob=True,
+        max_position_embeddings=16384,
+        initializer_range=0.1,
+        tie_word_embeddings=False,
+        decoder_sparse_step=1,
+    ),
     # vs-hf: 123M parameters (82% experts) for the throughput comparison with HF generate().
     "vs-hf": dict(
         vocab_size=16000,
@@ -69,6 +88,10 @@ RANDOM_CONFIGS: dict[str, dict] = {
 }
 
 
+# Configs whose routers get a calibrated popularity skew after initialisation.
+SKEWED_ROUTING = frozenset({"moe-bench-skewed"})
+
+
 def make_random_model(name: str, folder: str | Path, seed: int = 0) -> Path:
     """Save the random Qwen3-MoE checkpoint `name` into `folder`; returns the folder."""
     if name not in RANDOM_CONFIGS:
@@ -80,6 +103,10 @@ def make_random_model(name: str, folder: str | Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**RANDOM_CONFIGS[name])).eval()
+    if name in SKEWED_ROUTING:
+        from lamina_engine.bench.routing_skew import skew_routing
+
+        skew_routing(model, seed)
     # Benchmarks choose output lengths themselves: no EOS, so no request stops early.
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
