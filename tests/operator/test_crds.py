@@ -122,6 +122,37 @@ def _validate(schema: dict, obj: dict) -> None:
     # OpenAPI's `nullable` is not JSON Schema: let null through where it is declared.
     converted = _nullable_as_json_schema(schema)
     jsonschema.Draft7Validator(converted).validate(obj)
+    # The API server does not refuse a field its structural schema lacks: it drops it.
+    assert _pruned(schema, obj) == [], "fields the API server would silently drop"
+
+
+def _pruned(schema: dict, obj, path: str = "") -> list[str]:
+    """Paths in `obj` a structural schema does not declare (the API server prunes them)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields") or obj is None:
+        return []
+    if isinstance(obj, list):
+        items = schema.get("items", {})
+        return [p for i, v in enumerate(obj) for p in _pruned(items, v, f"{path}[{i}]")]
+    if not isinstance(obj, dict):
+        return []
+    props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+    out = []
+    for key, value in obj.items():
+        where = f"{path}.{key}"
+        if key in props:
+            if not (path == "" and key == "metadata"):  # ObjectMeta has its own schema
+                out += _pruned(props[key], value, where)
+        elif isinstance(extra, dict):
+            out += _pruned(extra, value, where)
+        elif extra is not True:
+            out.append(where)
+    return out
+
+
+def test_pruning_check_finds_undeclared_fields():
+    schema = _schema("lamina.dev_servingdeployments.yaml")["properties"]["status"]
+    status = {"endpoint": "x", "conditoins": [], "pools": [{"name": "decode", "readyy": 1}]}
+    assert _pruned(schema, status) == [".conditoins", ".pools[0].readyy"]
 
 
 def _nullable_as_json_schema(node):

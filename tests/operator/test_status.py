@@ -91,3 +91,39 @@ def test_no_empty_strings_in_status(minimal_spec):
     for children in ({}, {"prefill": _dep(1), "decode": _dep(1), "router": _dep(1)}):
         for cond in _conditions(minimal_spec, children).values():
             assert all(value != "" for value in cond.values()), cond
+
+
+def test_written_statuses_are_kept_whole_by_the_api_server(
+    cluster, reconciler, sd_factory, gpu_spec
+):
+    # The in-memory server stores any status; a real one validates it and drops undeclared
+    # fields, so what the reconciler writes is checked against the committed CRDs.
+    from lamina_operator.reconcile import reconcile_policy
+
+    from .test_crds import _schema, _validate
+
+    api, ns = "lamina.dev/v1alpha1", "serving"
+    sd = (api, "ServingDeployment", ns)
+    policy = (api, "AutoscalingPolicy", ns, gpu_spec["autoscaling"]["policyRef"]["name"])
+    sd_schema = _schema("lamina.dev_servingdeployments.yaml")["properties"]["status"]
+    policy_schema = _schema("lamina.dev_autoscalingpolicies.yaml")["properties"]["status"]
+    cluster.patch(*policy, {"spec": {"decode": {"minReplicas": 4, "maxReplicas": 2}}})
+    sd_factory("qwen", gpu_spec)
+    reconciler.reconcile(cluster.get(*sd, "qwen"))
+    status = cluster.get(*sd, "qwen")["status"]
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Degraded"] == "InvalidPolicy"
+    _validate(sd_schema, status)
+    for ready in ("False", "True"):  # the invalid policy, then fixed
+        reconcile_policy(cluster, cluster.get(*policy), "2026-01-01T00:00:00Z")
+        status = cluster.get(*policy)["status"]
+        assert status["conditions"][0]["status"] == ready
+        _validate(policy_schema, status)
+        cluster.patch(*policy, {"spec": {"decode": None}})
+    reconciler.reconcile(cluster.get(*sd, "qwen"))  # creates the pools
+    for role in ("prefill", "decode", "router"):
+        cluster.set_status("apps/v1", "Deployment", ns, f"qwen-{role}", {
+            "observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1})  # fmt: skip
+    reconciler.reconcile(cluster.get(*sd, "qwen"))
+    status = cluster.get(*sd, "qwen")["status"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Degraded"] == "False"
+    _validate(sd_schema, status)
