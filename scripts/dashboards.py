@@ -1,4 +1,6 @@
-"""Build the Grafana dashboards (scripts/dashboard_panels.py) as JSON with grafana-foundation-sdk.
+"""Build the Grafana dashboards as JSON with grafana-foundation-sdk.
+
+The panels are listed in scripts/dashboard_serving.py and scripts/dashboard_autoscaling.py.
 
     python scripts/dashboards.py            # write manifests/dashboards/ and the chart's copy
     python scripts/dashboards.py --check    # exit 1 if a committed file differs (CI drift test)
@@ -29,7 +31,9 @@ from grafana_foundation_sdk.models.dashboard import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dashboard_panels import AUTOSCALING, SERVING, Panel, Row  # noqa: E402
+from dashboard_autoscaling import AUTOSCALING  # noqa: E402
+from dashboard_panels import Panel, Row  # noqa: E402
+from dashboard_serving import SERVING  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIRS = (ROOT / "manifests" / "dashboards", ROOT / "charts" / "lamina" / "dashboards")

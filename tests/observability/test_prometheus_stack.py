@@ -10,6 +10,7 @@ import time
 import pytest
 import yaml
 from conftest import ROOT
+from dashboard_panels import EXTERNAL_METRICS
 from dashboard_queries import metric_names, queries, substitute, variable_values
 from monitoring_stack import DEPLOYMENT, NAMESPACE, MonitoringStack
 
@@ -54,7 +55,7 @@ def test_every_metric_a_panel_or_rule_names_is_exported(stack, dashboards):
     for group in yaml.safe_load(RULES.read_text())["groups"]:
         exprs += [r["expr"] for r in group["rules"]]
     named = set().union(*(metric_names(e) for e in exprs))
-    missing = {n for n in named - _exported(stack) if not n.startswith("kube_")}
+    missing = named - _exported(stack) - EXTERNAL_METRICS
     assert not missing, f"named in dashboards/rules but exported by no Lamina process: {missing}"
 
 
