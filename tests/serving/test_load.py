@@ -84,7 +84,7 @@ def test_200_requests_survive_a_prefill_restart(start, tiny_model, redis_server,
             done.append(i)
             return ok
 
-        killer = threading.Thread(target=chaos)
+        killer = threading.Thread(target=chaos, daemon=True)  # a failed run must not hang
         killer.start()
         with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
             results = list(pool.map(one, range(N_REQUESTS)))

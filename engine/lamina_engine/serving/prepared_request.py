@@ -31,6 +31,9 @@ Kind = Literal["completions", "chat"]
 
 @dataclass(frozen=True)
 class PreparedRequest:
+    """What a pod needs to serve a request: its endpoint's kind, token ids, SamplingParams and
+    how to answer (stream, usage chunk, token ids)."""
+
     kind: Kind
     model: str
     prompt_ids: list[int]
@@ -40,22 +43,21 @@ class PreparedRequest:
     return_token_ids: bool = False
     kv_handle: str | None = None  # kv_transfer.request_id: the prompt's KV comes from a prefill
 
-    def to_wire(self, kv_handle: str | None = None) -> dict[str, Any]:
+    def to_wire(self) -> dict[str, Any]:
         """The JSON body a pod's /v1/internal/generate and /v1/internal/prefill take."""
-        body = dataclasses.asdict(self)
-        body["params"] = dataclasses.asdict(self.params)
-        if kv_handle is not None:
-            body["kv_handle"] = kv_handle
-        return body
+        return dataclasses.asdict(self)  # params become a dict of SamplingParams fields
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> PreparedRequest:
-        """A router's body; OpenAIError 400 when it is malformed (a version mismatch)."""
+        """A router's body; OpenAIError 400 when it is malformed."""
         try:
             w = _Wire.model_validate(body)
             params = SamplingParams(**w.params)
         except (ValidationError, InvalidSamplingParams, TypeError) as exc:
-            raise OpenAIError(400, f"invalid prepared request: {exc}") from None
+            raise OpenAIError(
+                400, f"invalid prepared request ({exc}); the router and the engine pods must "
+                "run the same Lamina version",
+            ) from None  # fmt: skip
         return cls(w.kind, w.model, w.prompt_ids, params, w.stream, w.include_usage,
                    w.return_token_ids, w.kv_handle)  # fmt: skip
 

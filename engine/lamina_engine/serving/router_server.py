@@ -132,11 +132,11 @@ class RouterServer:
             decode.role == "decode"
             and prefills
             and len(ids) >= max(1, self.config.disaggregation_min_prompt_tokens)
-            and prepared.params.logprobs is None  # prompt logprobs need the prompt computed here
+            and prepared.params.logprobs is None  # logprobs are not shipped with the KV
         )
         body = prepared.to_wire()
         if disaggregate:
-            body = prepared.to_wire(kv_handle=f"kv-{uuid.uuid4().hex}")
+            body["kv_handle"] = f"kv-{uuid.uuid4().hex}"
             hashes = block_hashes(ids, self.config.engine.block_size)
             pod, flops = self.prefill_picker.pick(prefills, hashes, len(ids))
             self._spawn(self._prefill(pod, decode, flops, hashes, body))
