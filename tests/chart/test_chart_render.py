@@ -86,13 +86,13 @@ def test_namespaced_install_gets_one_role_per_watched_namespace(helm):
 
 
 def test_liveness_probe_targets_the_endpoint_the_operator_serves(helm):
-    _, container = operator_container(render(helm, "--set", "health.port=9090"))
+    _, container = operator_container(render(helm, "--set", "health.port=9091"))
     probe = container["livenessProbe"]["httpGet"]
     (port,) = [p for p in container["ports"] if p["name"] == probe["port"]]
-    assert port["containerPort"] == 9090
+    assert port["containerPort"] == 9091
     # `lamina-operator run --liveness-port N` serves GET /healthz on N.
     assert probe["path"] == "/healthz"
-    assert "--liveness-port=9090" in container["args"]
+    assert "--liveness-port=9091" in container["args"]
 
 
 def test_peering_objects_exist_for_the_leader_election_the_operator_is_told_to_use(helm):
@@ -124,6 +124,11 @@ def test_several_replicas_without_peering_are_refused(helm):
         "replicas=2",
     )
     assert proc.returncode != 0 and "needs peering.enabled" in proc.stderr
+
+
+def test_one_port_for_metrics_and_health_is_refused(helm):
+    proc = run_helm(helm, "template", "lamina", str(CHART), "--set", "metrics.port=8080")
+    assert proc.returncode != 0 and "metrics.port and health.port must differ" in proc.stderr
 
 
 def test_watching_no_namespace_is_refused_with_a_clear_message(helm):
