@@ -97,6 +97,13 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.metrics_port and args.metrics_port == args.liveness_port:
+        print(
+            f"lamina-operator run: --metrics-port and --liveness-port are both "
+            f"{args.metrics_port}: give them different ports (or 0 to turn one off)",
+            file=sys.stderr,
+        )
+        return 2
     from .settings import SCAN_CLUSTER, needs_cluster_scan
 
     SCAN_CLUSTER["enabled"] = needs_cluster_scan(args.all_namespaces, args.namespace)

@@ -47,6 +47,11 @@ def test_crds_yaml_has_no_anchors(capsys):
     assert "&id" not in out and "*id" not in out
 
 
+def test_run_refuses_one_port_for_metrics_and_liveness(capsys):
+    assert cli.main(["run", "-A", "--metrics-port", "8080", "--liveness-port", "8080"]) == 2
+    assert "give them different ports" in capsys.readouterr().err
+
+
 def test_run_requires_a_scope(capsys):
     assert cli.main(["run"]) == 2
     assert "--all-namespaces" in capsys.readouterr().err
