@@ -122,6 +122,12 @@ def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"{url}/health not ready within {timeout_s} s")
 
 
+@pytest.fixture(scope="session")
+def healthy():
+    """healthy(url, timeout_s=60): wait until GET url/health answers 200, else TimeoutError."""
+    return wait_healthy
+
+
 @pytest.fixture(scope="module")
 def unified(tiny_model):
     running = start_server(role="unified", model=str(tiny_model))

@@ -43,26 +43,14 @@ def spawn_prefill(model, port: int, redis_url: str) -> subprocess.Popen:
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_ready(url: str, timeout_s: float = 120) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
-
-
 @pytest.mark.slow
-def test_200_requests_survive_a_prefill_restart(start, tiny_model, redis_server, unified):
+def test_200_requests_survive_a_prefill_restart(start, tiny_model, redis_server, unified, healthy):
     want = {p: complete(unified.url, p) for p in PROMPTS}
     port = _free_port()
     prefill_url = f"http://127.0.0.1:{port}"
     procs = [spawn_prefill(tiny_model, port, redis_server.url)]
     try:
-        wait_ready(prefill_url)
+        healthy(prefill_url, 120)
         decode = start(role="decode", model=str(tiny_model), kv_backend="redis",
                        kv_redis_url=redis_server.url, kv_wait_seconds=3.0,
                        deployment="load")  # fmt: skip
@@ -96,7 +84,7 @@ def test_200_requests_survive_a_prefill_restart(start, tiny_model, redis_server,
         paths = router.server.metrics.router_requests
         assert paths.labels("router", "disagg")._value.get() >= N_REQUESTS // 4
         # the restarted pod takes disaggregated work again once the router sees it ready
-        wait_ready(prefill_url)
+        healthy(prefill_url, 120)
         time.sleep(0.5)
         before, failed = paths.labels("router", "disagg")._value.get(), dict(fallbacks)
         assert all(complete(router.url, p) == want[p] for p in PROMPTS[:5])
