@@ -4,80 +4,17 @@ scraping, parsing, rates and histogram deltas run for real."""
 
 from __future__ import annotations
 
-import json
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 
 from lamina_operator import metrics
 from lamina_operator.autoscaling.autoscaler import Autoscaler
 from lamina_operator.constants import API_VERSION, DEPLOYMENT_LABEL, POLICY_KIND, ROLE_LABEL
 
 from .conftest import NS
+from .metrics_endpoints import Clock, EnginePod, FakePrometheus
 
 SD = (API_VERSION, "ServingDeployment", NS)
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class EnginePod:
-    """A pod's metrics endpoint: the engine's metric names, served over HTTP."""
-
-    def __init__(self, role: str):
-        self.role = role
-        r = self.registry = CollectorRegistry()
-        self.ttft = Histogram("lamina_request_ttft_seconds", "", ["role"], buckets=BUCKETS,
-                              registry=r)  # fmt: skip
-        self.tbt = Histogram("lamina_request_tbt_seconds", "", ["role"], buckets=BUCKETS,
-                             registry=r)  # fmt: skip
-        self.queue = Gauge("lamina_queue_depth", "", ["role"], registry=r)
-        self.running = Gauge("lamina_running_batch_size", "", ["role"], registry=r)
-        self.kv = Gauge("lamina_kv_cache_utilization", "", ["role"], registry=r)
-        self.prefill_tokens = Counter("lamina_prefill_tokens_total", "", ["role"], registry=r)
-        self.decode_tokens = Counter("lamina_decode_tokens_total", "", ["role"], registry=r)
-        pod = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                body = generate_latest(pod.registry)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def load(self, tbt=None, ttft=None, n=200, running=0, kv=0.0, tokens=0):
-        for _ in range(n):
-            if tbt is not None:
-                self.tbt.labels(self.role).observe(tbt)
-            if ttft is not None:
-                self.ttft.labels(self.role).observe(ttft)
-        self.running.labels(self.role).set(running)
-        self.kv.labels(self.role).set(kv)
-        (self.decode_tokens if self.role == "decode" else self.prefill_tokens).labels(
-            self.role
-        ).inc(tokens)
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_800_000_000.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
@@ -231,46 +168,6 @@ def test_no_autoscaling_means_no_evaluation(cluster, reconciler, sd_factory, min
     sd_factory("plain", minimal_spec)
     reconciler.reconcile(cluster.get(*SD, "plain"))
     assert Autoscaler(cluster, reconciler.recorder, Clock()).evaluate(NS, "plain") is None
-
-
-class FakePrometheus:
-    """Answers /api/v1/query with per-pod vectors, as Prometheus does."""
-
-    def __init__(self, decode_pods):
-        self.queries: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)["query"][0]
-                fake.queries.append(query)
-                result = []
-                for pod in decode_pods:
-                    if "lamina_request_tbt_seconds_bucket" in query:
-                        for le, count in (("0.05", 0), ("0.1", 100), ("+Inf", 100)):
-                            result.append({"metric": {"pod": pod, "le": le},
-                                           "value": [0, str(count)]})  # fmt: skip
-                    elif "lamina_running_batch_size" in query:
-                        result.append({"metric": {"pod": pod}, "value": [0, "20"]})
-                    elif "lamina_kv_cache_utilization" in query:
-                        result.append({"metric": {"pod": pod}, "value": [0, "0.5"]})
-                body = json.dumps(
-                    {"status": "success", "data": {"resultType": "vector", "result": result}}
-                ).encode()
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_prometheus_source(world, pods, recorder):
