@@ -208,6 +208,31 @@ def test_a_forbidden_secret_says_how_to_grant_it():
     assert "rbac.secretNamespaces" not in str(other)
 
 
+def test_only_managed_redis_needs_secret_rights(
+    cluster, reconciler, sd_factory, minimal_spec, monkeypatch
+):
+    """With watch.allNamespaces, Secrets are granted per namespace: a deployment that uses no
+    Secret must reconcile where they are not granted."""
+    from lamina_operator.kube import KubeError
+
+    real_list = cluster.list
+
+    def rbac_list(api_version, kind, namespace, labels):
+        if kind == "Secret":
+            raise KubeError(403, 'secrets is forbidden: cannot list resource "secrets"')
+        return real_list(api_version, kind, namespace, labels)
+
+    monkeypatch.setattr(cluster, "list", rbac_list)
+    sd = ("lamina.dev/v1alpha1", "ServingDeployment", "serving")
+    external = dict(minimal_spec, engine={"kvTransfer": {"redis": {"url": "redis://kv:6379/0"}}})
+    sd_factory("external", external)
+    assert reconciler.reconcile(cluster.get(*sd, "external")).problems == []
+    assert cluster.get("apps/v1", "Deployment", "serving", "external-decode") is not None
+    sd_factory("managed", minimal_spec)  # managed Redis: its password Secret is needed
+    with pytest.raises(KubeError, match="secrets is forbidden"):
+        reconciler.reconcile(cluster.get(*sd, "managed"))
+
+
 def test_examples_pass_admission_and_ask_for_one_gpu_per_pod():
     """The engine uses one device per pod: an example asking for two would waste one."""
     from pathlib import Path

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..builders import Owner, child_name
 from ..constants import DEPLOYMENT_LABEL
-from ..kube import KubeClient
+from ..kube import KubeClient, KubeError
 
 PDB_KIND = "PodDisruptionBudget"
 # Kinds the operator creates. The PodDisruptionBudget is listed under the one policy version
@@ -40,11 +40,22 @@ class Children:
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def listed(cls, client: KubeClient, owner: Owner, pdb_api_version: str) -> Children:
+    def listed(
+        cls, client: KubeClient, owner: Owner, pdb_api_version: str, needs_secrets: bool = True
+    ) -> Children:
+        """`needs_secrets` False (no managed Redis): a 403 on Secrets is no error. With
+        watch.allNamespaces the chart grants Secrets only in some namespaces, and without the
+        right the operator cannot have created a Secret here that it would have to prune."""
         children = cls()
         for api_version, kind in CHILD_KINDS:
             version = pdb_api_version if kind == PDB_KIND else api_version
-            for obj in client.list(version, kind, owner.namespace, {DEPLOYMENT_LABEL: owner.name}):
+            try:
+                found = client.list(version, kind, owner.namespace, {DEPLOYMENT_LABEL: owner.name})
+            except KubeError as exc:
+                if kind == "Secret" and exc.status == 403 and not needs_secrets:
+                    continue
+                raise
+            for obj in found:
                 children.put(obj)
         return children
 

@@ -99,7 +99,8 @@ class Reconciler:
         children = Children()
         if spec is not None and not problems:
             ctx = self.build_context()
-            children = Children.listed(self.client, owner, ctx.pdb_api_version)
+            managed_redis = spec.engine.kv_transfer.managed_redis
+            children = Children.listed(self.client, owner, ctx.pdb_api_version, managed_redis)
             desired = build_children(owner, spec, ctx)
             result = apply_children(self.client, owner, desired, children)
             problems += [
