@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from lamina_engine.bench.vs_hf import compare, explain_divergences, router_margin
+from lamina_engine.bench.vs_hf import (
+    changed_requests,
+    compare,
+    cpu_model,
+    explain_divergences,
+    router_margin,
+)
 
 
 def test_compare_reports_the_first_differing_position():
@@ -40,3 +48,16 @@ def test_explain_divergences_adds_the_routing_margin(tmp_path, make_checkpoint):
     assert d["hf_router_margin"] > 0
     assert d["hf_router_margin_at"]["position"] < 4 + 2  # the path: prompt + 2 HF tokens
     assert d["hf_router_margin_at"]["in_prompt"] == (d["hf_router_margin_at"]["position"] < 4)
+
+
+def test_changed_requests_names_the_side_and_requests_that_drifted():
+    first = [[1, 2], [3, 4], [5]]
+    assert changed_requests(first, [[1, 2], [3, 4], [5]]) == set()
+    assert changed_requests(first, [[1, 2], [3, 9], [5]]) == {1}
+
+
+def test_cpu_model_reads_the_model_name_and_vector_flags():
+    info = cpu_model()
+    assert info["model"] and isinstance(info["avx512"], list) and isinstance(info["amx"], list)
+    flags = Path("/proc/cpuinfo").read_text().split()
+    assert all(f in flags for f in info["avx512"] + info["amx"])

@@ -95,3 +95,22 @@ def test_paged_attention_decodes_and_chunks_match_dense(heads, kv_heads, head_di
         want = dense_attention(q[row : row + n], k, v, list(range(start, start + n)))
         torch.testing.assert_close(out[row : row + n], want, rtol=1e-5, atol=1e-5)
         row += n
+
+
+@pytest.mark.parametrize(("k", "n"), [(512, 512), (256, 512), (40, 24), (96, 16000)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_rows_do_not_depend_on_how_many_rows_share_the_call(k, n, threads):
+    """Batch invariance: a row's result is bitwise the same alone, in any batch, at any offset
+    (k = 40: rows 160 bytes apart, so not every slice starts 64-byte aligned). The old choice by
+    row count (mm for 2-4 rows, oneDNN otherwise) failed this for M = 1..4."""
+    g = torch.Generator().manual_seed(k + n)
+    x, w, b = torch.randn(80, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole = linear(x, w, b)
+        for start, rows in [(0, 1), (0, 2), (3, 1), (5, 3), (1, 4), (7, 6), (0, 17), (9, 64)]:
+            got = linear(x[start : start + rows], w, b)
+            assert torch.equal(got, whole[start : start + rows]), (start, rows)
+    finally:
+        torch.set_num_threads(before)

@@ -13,15 +13,18 @@ from torch import Tensor, nn
 
 from lamina_engine.models.config import ModelConfig, RopeConfig
 
-# CPU matmul kernel choice, measured on torch 2.13's CPU build (docs/benchmarks.md, "CPU matmul
-# kernels"). A weight w [N, K] times x [M, K] rows is bound by streaming w for small M:
-# - 2 <= M <= 4 (a decode step's rows per expert): torch.mm(w, x^T), x^T a transposed view of
-#   row-major x, streams w about twice as fast as F.linear (MKL). Keep B a transposed view:
-#   mm(w, b) with b row-major [K, M] is 4x slower than either.
-# - otherwise: oneDNN's linear (the op Inductor's CPU backend emits) on the plain fp32 weight is
-#   1.2-2.3x faster than F.linear from M = 6 on, up to prefill-sized M. Still fp32 arithmetic
-#   (IEEE; agrees with F.linear to ~5e-6 relative, summation order only).
-_CPU_FEW_ROWS = range(2, 5)
+# CPU matmul kernel: one kernel for every row count, so the result for a row does not depend
+# on how many other rows share the call (batch invariance). A request's rows share expert and
+# projection calls with whatever else the scheduler batched, so with a kernel chosen by row
+# count (torch.mm(w, x^T) for 2-4 rows, oneDNN otherwise, as before) the same token took
+# different summation orders in different batches and a router near-tie could flip, giving
+# different greedy tokens for the same request (docs/benchmarks.md, "Determinism").
+# oneDNN's fp32 linear (torch.ops.mkldnn._linear_pointwise, the op Inductor's CPU backend emits;
+# IEEE fp32, agreeing with F.linear to summation order) gives bitwise the same row for every
+# M >= 2 on torch 2.13's CPU build; M = 1 takes a different (gemv) kernel, so a single row is
+# computed as two (itself twice; tests/engine/test_cpu_kernels.py checks all of this). MKL's
+# F.linear and torch.mm are row-invariant only from M = 4 and M = 12 on. Cost: the few-rows mm
+# path streamed decode experts (2-4 rows) 1.2-1.9x faster than oneDNN (table in the docs).
 
 
 def _onednn_linear():
@@ -42,14 +45,13 @@ _ONEDNN_LINEAR = _onednn_linear()
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear for x [M, K], weight [N, K] -> [M, N] (contiguous), with the fastest CPU kernel
-    for M (see above); F.linear itself off the CPU."""
+    """F.linear for x [M, K], weight [N, K] -> [M, N] (contiguous); on the CPU in fp32 with a
+    kernel whose per-row result does not depend on M (see above); F.linear otherwise."""
     if x.device.type != "cpu" or x.dim() != 2:
         return F.linear(x, weight, bias)
-    if x.shape[0] in _CPU_FEW_ROWS:
-        out = torch.mm(weight, x.t()).t().contiguous()  # [N, M] -> [M, N]
-        return out if bias is None else out.add_(bias)
     if _ONEDNN_LINEAR is not None and x.dtype == weight.dtype == torch.float32:
+        if x.shape[0] == 1:  # [1, K] -> [2, K]: the M >= 2 kernel, then keep the first row
+            return _ONEDNN_LINEAR(x.expand(2, -1).contiguous(), weight, bias, "none", [], "")[:1]
         return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
