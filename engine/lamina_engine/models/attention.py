@@ -107,6 +107,15 @@ class AttentionPlan:
     decode_blocks: Tensor  # [sum of decodes' blocks] cache block ids, sequence after sequence
     prefills: list[_Prefill]
     max_gather_blocks: int = 0  # blocks one gather reads at most (workspace size)
+    # The Triton path's inputs (kernels/paged_attention.py), made here once per step:
+    decode_tables: Tensor | None = None  # [Bd, max_blocks] the decodes' block tables
+    decode_context_lens: Tensor | None = None  # [Bd]
+    max_decode_context: int = 0
+    prefill_starts: Tensor | None = None  # [Bp] each chunk's first row in the step
+    prefill_q_lens: Tensor | None = None  # [Bp]
+    prefill_contexts: Tensor | None = None  # [Bp] keys after this step (its chunk included)
+    prefill_tables: Tensor | None = None  # [Bp, max_blocks]
+    max_prefill_q_len: int = 0
     _workspace: Tensor | None = None  # [2, max_gather_blocks, BS, KV, hd], made on first use
 
     def workspace(self, kv_cache: Tensor) -> Tensor:
@@ -132,6 +141,7 @@ class AttentionPlan:
         device = tables.device
         bs = block_size
         decodes, decode_tokens, decode_block_ids, prefills = [], [], [], []
+        decode_seqs, prefill_seqs = [], []
         for b, ctx in enumerate(context_lens):
             q_len = query_start[b + 1] - query_start[b]
             n_blocks = (ctx + bs - 1) // bs
@@ -139,22 +149,43 @@ class AttentionPlan:
                 decodes.append(_Decode(ctx, len(decode_block_ids)))
                 decode_tokens.append(query_start[b])
                 decode_block_ids += block_tables[b][:n_blocks]
+                decode_seqs.append(b)
                 continue
+            prefill_seqs.append(b)
             # query i sits at position ctx - q_len + i and sees keys at positions <= it
             q_pos = torch.arange(ctx - q_len, ctx, device=device)
             mask = torch.arange(n_blocks * bs, device=device)[None, :] <= q_pos[:, None]
             prefills.append(_Prefill(query_start[b], q_len, tables[b, :n_blocks], mask))
+
+        def ints(values: list[int]) -> Tensor:
+            return torch.tensor(values, dtype=torch.int64, device=device)
+
         return AttentionPlan(
             decodes,
-            torch.tensor(decode_tokens, dtype=torch.int64, device=device),
-            torch.tensor(decode_block_ids, dtype=torch.int64, device=device),
+            ints(decode_tokens),
+            ints(decode_block_ids),
             prefills,
             max([len(decode_block_ids)] + [p.blocks.numel() for p in prefills]),
+            tables.index_select(0, ints(decode_seqs)),
+            ints([d.context for d in decodes]),
+            max((d.context for d in decodes), default=0),
+            ints([p.token_start for p in prefills]),
+            ints([p.q_len for p in prefills]),
+            ints([context_lens[b] for b in prefill_seqs]),
+            tables.index_select(0, ints(prefill_seqs)),
+            max((p.q_len for p in prefills), default=0),
         )
 
 
-def write_kv_cache(kv_cache: Tensor, slot_mapping: Tensor, k: Tensor, v: Tensor) -> None:
-    """Stores this step's k, v [T, KV, hd] into kv_cache [2, NB, BS, KV, hd] at slot_mapping."""
+def write_kv_cache(
+    kv_cache: Tensor, slot_mapping: Tensor, k: Tensor, v: Tensor, kernels: str = "torch"
+) -> None:
+    """Stores this step's k, v [T, KV, hd] into kv_cache [2, NB, BS, KV, hd] at slot_mapping
+    (kernels="triton": kernels/kv_store.py)."""
+    if kernels == "triton":
+        from lamina_engine.kernels.kv_store import store_kv
+
+        return store_kv(kv_cache, slot_mapping, k, v)
     _, nb, bs, kv_heads, hd = kv_cache.shape
     kv_cache[0].view(nb * bs, kv_heads, hd).index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
     kv_cache[1].view(nb * bs, kv_heads, hd).index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
@@ -171,14 +202,23 @@ def _gather_blocks(cache: Tensor, blocks: Tensor, out: Tensor, dtype: torch.dtyp
 
 
 def paged_attention(
-    q: Tensor, kv_cache: Tensor, plan: AttentionPlan, scale: float | None = None
+    q: Tensor,
+    kv_cache: Tensor,
+    plan: AttentionPlan,
+    scale: float | None = None,
+    kernels: str = "torch",
 ) -> Tensor:
     """q [T, H, hd] (K/V already written to the cache) -> out [T, H, hd]; scale 1/sqrt(hd).
 
     Decodes: the G query heads sharing a kv head are the rows of one [KV, G, hd] @ [KV, hd, C]
     bmm, so K/V are never copied per head; softmax in fp32. Prefill chunks: [1, H, q_len, hd]
-    against [1, KV, C, hd] with SDPA's grouped-query mode.
+    against [1, KV, C, hd] with SDPA's grouped-query mode. kernels="triton": both through
+    kernels/paged_attention.py, reading the cache in place.
     """
+    if kernels == "triton":
+        from lamina_engine.kernels.paged_attention import triton_paged_attention
+
+        return triton_paged_attention(q, kv_cache, plan, scale)
     num_tokens, num_heads, hd = q.shape
     kv_heads = kv_cache.shape[3]
     group = num_heads // kv_heads

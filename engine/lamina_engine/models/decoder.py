@@ -35,6 +35,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class Attention(nn.Module):
+    kernels = "torch"  # or "triton" (kernels.dispatch.set_kernels): KV store + paged attention
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         h, kv, hd, d = config.num_heads, config.num_kv_heads, config.head_dim, config.hidden_size
@@ -71,8 +73,8 @@ class Attention(nn.Module):
         if self.qk_norm == "per_head":
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        write_kv_cache(kv_cache, md.slot_mapping, k, v)
-        out = paged_attention(q, kv_cache, plan)  # [T, H, hd]
+        write_kv_cache(kv_cache, md.slot_mapping, k, v, self.kernels)
+        out = paged_attention(q, kv_cache, plan, kernels=self.kernels)  # [T, H, hd]
         return self.o_proj(out.reshape(t, h * hd))
 
 

@@ -64,7 +64,10 @@ class Linear(nn.Linear):
 
 
 class RMSNorm(nn.Module):
-    """y = w * (x / sqrt(mean(x^2) + eps)); the statistics in fp32, then back to x's dtype."""
+    """y = w * (x / sqrt(mean(x^2) + eps)); the statistics in fp32, then back to x's dtype.
+    kernels="triton": forward_with_residual runs kernels/rmsnorm.py (add + norm in one pass)."""
+
+    kernels = "torch"
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -78,6 +81,10 @@ class RMSNorm(nn.Module):
 
     def forward_with_residual(self, x: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
         """Adds x to the residual stream, then normalises: returns (normed, new residual)."""
+        if self.kernels == "triton" and x.dim() == 2:
+            from lamina_engine.kernels.rmsnorm import rmsnorm_residual
+
+            return rmsnorm_residual(x, residual, self.weight, self.eps)
         residual = x if residual is None else x + residual
         return self.forward(residual), residual
 

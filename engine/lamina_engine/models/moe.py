@@ -28,19 +28,47 @@ class ExpertStats:
 
     `experts_loaded` counts, per MoE call, the experts that had at least one routed token (each
     one's weights must be read once); `bytes_loaded` = that count * bytes per expert.
+    The Triton path records device tensors (no host sync inside the layer loop); they are read
+    back once, when a count is read.
     """
 
     moe_calls: int = 0
-    experts_loaded: int = 0
-    bytes_loaded: int = 0
+    _experts: int = 0
+    _bytes: int = 0
+    _pending: Tensor | None = None  # [2] int64 on the device: experts, bytes not yet read back
 
-    def record(self, num_active_experts: int, bytes_per_expert: int) -> None:
+    def record(self, num_active_experts: int | Tensor, bytes_per_expert: int) -> None:
         self.moe_calls += 1
-        self.experts_loaded += num_active_experts
-        self.bytes_loaded += num_active_experts * bytes_per_expert
+        if isinstance(num_active_experts, Tensor):
+            active = num_active_experts.to(torch.int64)
+            add = torch.stack([active, active * bytes_per_expert])  # no host-to-device copy
+            self._pending = add if self._pending is None else self._pending + add
+            return
+        self._experts += num_active_experts
+        self._bytes += num_active_experts * bytes_per_expert
+
+    def _read_back(self) -> None:
+        if self._pending is not None:
+            experts, nbytes = self._pending.tolist()
+            self._experts, self._bytes, self._pending = (
+                self._experts + experts,
+                self._bytes + nbytes,
+                None,
+            )
+
+    @property
+    def experts_loaded(self) -> int:
+        self._read_back()
+        return self._experts
+
+    @property
+    def bytes_loaded(self) -> int:
+        self._read_back()
+        return self._bytes
 
     def reset(self) -> None:
-        self.moe_calls = self.experts_loaded = self.bytes_loaded = 0
+        self.moe_calls = self._experts = self._bytes = 0
+        self._pending = None
 
 
 def route(router_logits: Tensor, top_k: int, renormalize: bool) -> tuple[Tensor, Tensor]:
@@ -90,7 +118,13 @@ def experts_forward(
 
 
 class MoE(nn.Module):
-    """Router + stacked experts of one layer; records expert traffic into `stats`."""
+    """Router + stacked experts of one layer; records expert traffic into `stats`.
+
+    kernels="triton" (kernels.dispatch.set_kernels) runs kernels/fused_moe.py instead of
+    experts_forward, with no host sync.
+    """
+
+    kernels = "torch"
 
     def __init__(self, config: ModelConfig, stats: ExpertStats) -> None:
         super().__init__()
@@ -110,7 +144,13 @@ class MoE(nn.Module):
         weights, ids = route(self.router(x), self.top_k, self.renormalize)
         if self.weights_in_activation_dtype:
             weights = weights.to(x.dtype)
+        bytes_per_expert = self._bytes_per_expert * self.w13.element_size()
+        if self.kernels == "triton":
+            from lamina_engine.kernels.fused_moe import fused_experts
+
+            out, counts = fused_experts(x, weights, ids, self.w13, self.w2)
+            self.stats.record((counts > 0).sum(), bytes_per_expert)  # stays on the device
+            return out
         out, counts = experts_forward(x, weights, ids, self.w13, self.w2)
-        active = int((counts > 0).sum())
-        self.stats.record(active, self._bytes_per_expert * self.w13.element_size())
+        self.stats.record(int((counts > 0).sum()), bytes_per_expert)
         return out
