@@ -21,13 +21,14 @@ from lamina_engine.core.scheduler import RequestRejectedError, Scheduler
 from lamina_engine.core.scheduler_config import SchedulerConfig
 from lamina_engine.detokenizer import IncrementalDetokenizer
 from lamina_engine.engine_stats import EngineStats, StepTotals
+from lamina_engine.kernels.dispatch import set_kernels
 from lamina_engine.kv_export import KVExport, PromptKV
 from lamina_engine.kv_import import KVImport
 from lamina_engine.models import CausalLM
 from lamina_engine.models.checkpoint import checkpoint_dtype
 from lamina_engine.request_output import RequestMetrics, RequestOutput
 from lamina_engine.runner.kv_cache import kv_bytes_held, kv_bytes_per_block
-from lamina_engine.runner.model_runner import ModelRunner, StepSample
+from lamina_engine.runner.model_runner import ModelRunner, SequencesFailed, StepSample
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.sequence import Sequence
 from lamina_engine.speed_config import resolve_speed
@@ -61,6 +62,7 @@ class Engine:
             device=device,
             progress=progress,
         )
+        self.kernels = set_kernels(self.model, config.kernels)  # "triton" or "torch"
         self.tokenizer = Tokenizer.maybe_from_pretrained(config.model)
         mc = self.model.config
         self.max_model_len = min(
@@ -248,11 +250,11 @@ class Engine:
             m = self._by_seq[chunk.seq.seq_id].output.metrics
             if m.first_scheduled_time is None:
                 m.first_scheduled_time = now
-        samples = self.runner.execute(out)
+        result = StepResult(schedule=out)
+        samples = self._execute(out, result)
         self.scheduler.postprocess(out, {sid: s.token_id for sid, s in samples.items()})
         self._count(out, len(samples))
         now = time.perf_counter()
-        result = StepResult(schedule=out)
         for seq_id, sample in samples.items():
             req = self._by_seq[seq_id]
             self._on_token(req, sample, now)
@@ -261,6 +263,31 @@ class Engine:
         if self.kv_export is not None:
             self.kv_export.on_step(result)
         return result
+
+    def _execute(self, out: SchedulerOutput, result: StepResult) -> dict[int, StepSample]:
+        """Run the step's batch. A failure fails only the requests it belongs to (finish
+        reason "error", the message in result.errors): the rows whose sampling raised, else
+        every request in this batch; the others, and everything not in it, go on."""
+        try:
+            return self.runner.execute(out)
+        except SequencesFailed as exc:
+            failed, samples = exc.failed, exc.samples
+        except Exception as exc:  # the forward pass itself: not attributable to one request
+            log.exception("engine step failed; failing the %d request(s) of its batch",
+                          len(out.scheduled_chunks))  # fmt: skip
+            why = f"engine step failed: {type(exc).__name__}: {exc}"
+            failed, samples = {c.seq.seq_id: why for c in out.scheduled_chunks}, {}
+        for seq_id, why in failed.items():
+            req = self._by_seq.get(seq_id)
+            if req is None:
+                continue
+            log.warning("request %s failed: %s", req.request_id, why)
+            result.errors[req.request_id] = why
+            self._finish(req, "error")
+            if self.kv_export is not None:
+                self.kv_export.forget(req.request_id)
+            result.outputs.append(req.output)
+        return samples
 
     def _prompt_kv(self, seq: Sequence) -> PromptKV:
         return PromptKV(self.runner.kv_caches, seq, self.model.config.num_layers, self.speed)

@@ -46,8 +46,45 @@ class SamplerOutput:
     top_logprobs: list[dict[int, float] | None]
 
 
+class SamplingFailed(RuntimeError):
+    """Sampling a batch raised. `failed`: row -> why, the rows that fail alone (every row when
+    none does: the batch itself could not be sampled); `outputs`: row -> its SamplerOutput
+    ([1]-row), the rows that sampled alone."""
+
+    def __init__(self, failed: dict[int, str], outputs: dict[int, SamplerOutput]) -> None:
+        super().__init__(
+            f"sampling failed for row(s) {sorted(failed)}: {next(iter(failed.values()))}"
+        )
+        self.failed, self.outputs = failed, outputs
+
+
 class Sampler:
     """Stateless: randomness lives in the generators the caller passes, one per row."""
+
+    def sample_isolating(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator],
+    ) -> SamplerOutput:
+        """`sample`, and when the batch raises, each row alone, so the error belongs to the
+        rows that cause it (SamplingFailed says which; the others' outputs come with it)."""
+        try:
+            return self.sample(logits, params, generators)
+        except Exception as batch_exc:  # noqa: BLE001 - any error is some row's, or the batch's
+            failed: dict[int, str] = {}
+            outputs: dict[int, SamplerOutput] = {}
+            for row in range(logits.shape[0]):
+                try:
+                    outputs[row] = self.sample(
+                        logits[row : row + 1], [params[row]], [generators[row]]
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    failed[row] = f"sampling failed: {type(exc).__name__}: {exc}"
+            if not failed:  # no row fails alone: the batch is at fault, not a request
+                why = f"sampling failed: {type(batch_exc).__name__}: {batch_exc}"
+                failed, outputs = dict.fromkeys(range(logits.shape[0]), why), {}
+            raise SamplingFailed(failed, outputs) from batch_exc
 
     def sample(
         self,
@@ -134,6 +171,10 @@ def _mask_top_k_top_p(x: torch.Tensor, top_k: list[int], top_p: list[float]) -> 
     need the whole vocabulary sorted.
     """
     device = x.device
+    vocab = x.shape[-1]
+    # A top_k at or above the vocabulary keeps everything: it is "off" (and a k >= 2**63 would
+    # overflow the int64 tensor below).
+    top_k = [k if 0 < k < vocab else 0 for k in top_k]
     out = torch.empty_like(x)  # every row is written by exactly one of the two groups
     with_k = [i for i, k in enumerate(top_k) if k > 0]
     without_k = [i for i, k in enumerate(top_k) if k <= 0]
@@ -143,7 +184,7 @@ def _mask_top_k_top_p(x: torch.Tensor, top_k: list[int], top_p: list[float]) -> 
         index = torch.tensor(rows, device=device)
         sub = x[index]
         if candidates:
-            values, order = sub.topk(min(candidates, x.shape[-1]), dim=-1)  # [r, C] descending
+            values, order = sub.topk(candidates, dim=-1)  # [r, C] descending
         else:
             values, order = sub.sort(dim=-1, descending=True)  # [r, V]
         # C is the largest k among these rows; each row keeps its own first k, which do not

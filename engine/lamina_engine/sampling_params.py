@@ -19,6 +19,13 @@ GREEDY_TEMPERATURE = 1e-5
 MAX_LOGPROBS = 20
 # torch.Generator.manual_seed accepts [-2**63, 2**64).
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
+# Token counts and ids live in int32/int64 tensors; no context is anywhere near 2**31 tokens.
+MAX_TOKEN_COUNT = 2**31 - 1
+# Every stop string is matched against each new piece of text: bound the per-token work.
+MAX_STOPS, MAX_STOP_CHARS = 64, 1024
+MAX_STOP_TOKEN_IDS = 1024
+# Above this the distribution is uniform to float32 precision; larger values only risk inf.
+MAX_TEMPERATURE = 1e4
 
 
 class InvalidSamplingParams(ValueError):
@@ -27,6 +34,13 @@ class InvalidSamplingParams(ValueError):
 
 def _bad(name: str, value: Any, allowed: str) -> InvalidSamplingParams:
     return InvalidSamplingParams(f"SamplingParams.{name}={value!r} is invalid: {allowed}")
+
+
+def _short(value: Any) -> Any:
+    """`value` for an error message: a long list is cut to its first few items."""
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 4:
+        return f"[{', '.join(map(repr, value[:4]))}, ... ({len(value)} items)]"
+    return value
 
 
 def _is_int(value: Any) -> bool:
@@ -88,8 +102,10 @@ class SamplingParams:
             raise _bad(
                 "n", self.n, "only n=1 is supported; send n requests (with different seeds) instead"
             )
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise _bad("max_tokens", self.max_tokens, "must be an integer >= 1")
+        if not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= MAX_TOKEN_COUNT:
+            raise _bad(
+                "max_tokens", self.max_tokens, f"must be an integer >= 1 and <= {MAX_TOKEN_COUNT}"
+            )
         if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
             raise _bad(
                 "min_tokens",
@@ -110,12 +126,18 @@ class SamplingParams:
             )
 
     def _check_filters(self) -> None:
-        if not _is_real(self.temperature) or self.temperature < 0:
-            raise _bad("temperature", self.temperature, "must be a finite number >= 0 (0 = greedy)")
+        if not _is_real(self.temperature) or not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise _bad(
+                "temperature", self.temperature, f"must be a finite number >= 0 and <= {MAX_TEMPERATURE:g} "
+                "(0 = greedy)",
+            )  # fmt: skip
         if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
             raise _bad("top_p", self.top_p, "must be a number in (0, 1] (1 = off)")
         if not _is_int(self.top_k) or self.top_k < -1:
-            raise _bad("top_k", self.top_k, "must be an integer >= 1, or 0 / -1 for off")
+            raise _bad(
+                "top_k", self.top_k, "must be an integer >= 1 (above the vocabulary = all), or "
+                "0 / -1 for off",
+            )  # fmt: skip
         if self.top_k == -1:
             object.__setattr__(self, "top_k", 0)
         if not _is_real(self.min_p) or not 0 <= self.min_p <= 1:
@@ -133,15 +155,24 @@ class SamplingParams:
             raise _bad("stop", stop, "must be None, a string or a list of strings")
         if any(s == "" for s in strings):
             raise _bad("stop", stop, "stop strings must be non-empty")
+        if len(strings) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in strings):
+            raise _bad(
+                "stop", _short(stop), f"at most {MAX_STOPS} stop strings of at most "
+                f"{MAX_STOP_CHARS} characters each",
+            )  # fmt: skip
         ids = self.stop_token_ids
         if ids is None:
             ids = ()
         elif (
             isinstance(ids, (str, bytes))
             or not isinstance(ids, Sequence)
-            or not all(_is_int(i) and i >= 0 for i in ids)
+            or len(ids) > MAX_STOP_TOKEN_IDS
+            or not all(_is_int(i) and 0 <= i <= MAX_TOKEN_COUNT for i in ids)
         ):
-            raise _bad("stop_token_ids", ids, "must be None or a list of integers >= 0")
+            raise _bad(
+                "stop_token_ids", _short(ids), f"must be None or a list of at most "
+                f"{MAX_STOP_TOKEN_IDS} integers >= 0 and <= {MAX_TOKEN_COUNT}",
+            )  # fmt: skip
         # Stored as tuples so instances stay hashable and nobody mutates a shared list.
         object.__setattr__(self, "stop", strings)
         object.__setattr__(self, "stop_token_ids", tuple(ids))

@@ -28,11 +28,13 @@ class LayerGroupRun:
 @dataclass
 class StepResult:
     """`outputs`: the requests that changed (a new token, or finished), cumulative outputs the
-    engine keeps updating; `schedule`: what ran (None when nothing could)."""
+    engine keeps updating; `schedule`: what ran (None when nothing could); `errors`: request
+    id -> why, the requests this step failed (their outputs are finished with reason "error")."""
 
     outputs: list[RequestOutput] = field(default_factory=list)
     schedule: SchedulerOutput | None = None
     layer_group: LayerGroupRun | None = None
+    errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> list[RequestOutput]:

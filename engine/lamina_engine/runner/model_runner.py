@@ -19,7 +19,7 @@ from lamina_engine.models import CausalLM
 from lamina_engine.runner.cohort_stash import CohortStash
 from lamina_engine.runner.kv_cache import allocate_kv_pools
 from lamina_engine.runner.step import run_step
-from lamina_engine.sampler import Sampler, make_generator
+from lamina_engine.sampler import Sampler, SamplerOutput, SamplingFailed, make_generator
 from lamina_engine.sequence import Sequence
 
 
@@ -30,6 +30,15 @@ class StepSample:
     token_id: int
     logprob: float
     top_logprobs: dict[int, float] | None
+
+
+class SequencesFailed(RuntimeError):
+    """A step's sampling failed for some sequences: `failed` seq_id -> why; `samples`: the
+    other sequences' samples (the step's forward pass ran for all of them)."""
+
+    def __init__(self, failed: dict[int, str], samples: dict[int, StepSample]) -> None:
+        super().__init__(next(iter(failed.values())))
+        self.failed, self.samples = failed, samples
 
 
 class ModelRunner:
@@ -104,11 +113,19 @@ class ModelRunner:
         self._ban_early_stops(logits, seqs)
         params = [s.params for s in seqs]
         gens = [self._generators.get(s.seq_id, self.default_generator) for s in seqs]
-        sampled = self.sampler.sample(logits, params, gens)
+        try:
+            sampled = self.sampler.sample_isolating(logits, params, gens)
+        except SamplingFailed as exc:  # rows -> sequences, for the engine to fail just those
+            raise SequencesFailed(
+                {seqs[row].seq_id: why for row, why in exc.failed.items()},
+                {seqs[row].seq_id: _step_sample(o, 0) for row, o in exc.outputs.items()},
+            ) from exc
         results: dict[int, StepSample] = {}
         for i, seq in enumerate(seqs):
-            top = sampled.top_logprobs[i] if sampled.top_logprobs is not None else None
-            results[seq.seq_id] = StepSample(
-                int(sampled.token_ids[i]), float(sampled.logprobs[i]), top
-            )
+            results[seq.seq_id] = _step_sample(sampled, i)
         return results
+
+
+def _step_sample(sampled: SamplerOutput, i: int) -> StepSample:
+    top = sampled.top_logprobs[i] if sampled.top_logprobs is not None else None
+    return StepSample(int(sampled.token_ids[i]), float(sampled.logprobs[i]), top)

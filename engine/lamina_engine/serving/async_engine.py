@@ -154,12 +154,17 @@ class AsyncEngine:
             if self.engine.has_unfinished():
                 try:
                     result = self.engine.step()
-                except Exception as exc:  # a bug or device error: fail what is in flight
+                except Exception as exc:  # outside the batch (the scheduler): fail in flight
                     log.exception("engine step failed")
                     self._fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
                     continue
                 for out in result.outputs:
-                    self._publish(out)
+                    why = result.errors.get(out.request_id)
+                    if why is None:
+                        self._publish(out)
+                    else:  # this request alone failed (Engine.step); its stream ends in error
+                        self.metrics.requests.labels(self.role, "error").inc()
+                        self._send(out.request_id, RequestFailed(why))
                 if not result.ran:  # nothing could run (e.g. no free blocks)
                     self._wake.wait(0.005)
                     self._wake.clear()

@@ -42,7 +42,7 @@ from lamina_engine.serving.protocol import (
     OpenAIError,
     error_body,
 )
-from lamina_engine.serving.responses import SSE_DONE, ResponseBuilder
+from lamina_engine.serving.responses import SSE_DONE, ResponseBuilder, sse
 from lamina_engine.transfer import KVTransferError
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,9 @@ class EngineServer:
                 delta = await self._next(stream, request)
                 out.add(delta)
             return out
+        except RequestFailed as exc:  # this request failed in the engine; others go on
+            kind = "invalid_request_error" if exc.invalid else "server_error"
+            raise OpenAIError(400 if exc.invalid else 500, str(exc), kind) from None
         finally:
             await stream.aclose()
 
@@ -225,6 +228,8 @@ class EngineServer:
             if include_usage:
                 yield builder.usage_chunk(out)
             yield SSE_DONE
+        except RequestFailed as exc:  # failed in the engine: an error event, never [DONE]
+            yield sse(error_body(500, str(exc)))
         finally:
             await stream.aclose()
 

@@ -41,6 +41,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        unknown = [e for e in errors if e.get("type") == "extra_forbidden"]
+        if unknown:  # name every one, so a client fixes them in one go
+            names = [".".join(str(p) for p in e["loc"] if p != "body") for e in unknown]
+            message = (
+                f"unknown field(s) {', '.join(names)}: this server does not accept them; "
+                "see the OpenAI API (and vLLM's extensions) for the fields it takes"
+            )
+            return JSONResponse(error_body(400, message, names[0]), status_code=400)
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None

@@ -12,6 +12,8 @@ ids in its vocabulary):
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lamina_engine.chat_template import ChatTemplateError
 from lamina_engine.sampling_params import InvalidSamplingParams, SamplingParams
 from lamina_engine.serving.protocol import (
+    NEUTRAL,
     ChatCompletionRequest,
     CompletionRequest,
     KVTransferHandle,
@@ -79,6 +82,7 @@ def prepare(
     kind: Kind, req: CompletionRequest | ChatCompletionRequest, tokenizer
 ) -> PreparedRequest:
     """Tokenize and validate `req` (OpenAIError 400 on what a client got wrong)."""
+    check_values(req.model_dump(exclude_defaults=True))
     defaults = tokenizer.generation_defaults if tokenizer is not None else {}
     params = sampling_params(req, defaults)
     ids = prompt_ids(req, tokenizer)
@@ -99,13 +103,15 @@ def sampling_params(
             400, "presence_penalty and frequency_penalty are not supported; leave them at 0",
             param="presence_penalty",
         )  # fmt: skip
+    for name, neutral in NEUTRAL.items():
+        value = getattr(req, name, None)
+        if not any(value == n and type(value) is type(n) or value is n for n in neutral):
+            allowed = " or ".join(repr(n) for n in neutral if n is not None) or "nothing"
+            raise OpenAIError(
+                400, f"{name}={value!r} is not supported by this server; leave {name} out "
+                f"(or send {allowed})", param=name,
+            )  # fmt: skip
     if isinstance(req, CompletionRequest):
-        if req.echo:
-            raise OpenAIError(400, "echo=true is not supported", param="echo")
-        if req.best_of not in (None, 1):
-            raise OpenAIError(400, "best_of > 1 is not supported", param="best_of")
-        if req.suffix:
-            raise OpenAIError(400, "suffix is not supported", param="suffix")
         logprobs = req.logprobs
     else:
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -125,6 +131,9 @@ def sampling_params(
         stop_token_ids=req.stop_token_ids,
         ignore_eos=req.ignore_eos,
         logprobs=logprobs,
+        min_tokens=req.min_tokens,
+        include_stop_str_in_output=req.include_stop_str_in_output,
+        skip_special_tokens=req.skip_special_tokens,
     )
     try:
         return SamplingParams(**kwargs)
@@ -132,6 +141,33 @@ def sampling_params(
         # "SamplingParams.top_p=2 is invalid: ..." -> param "top_p"
         param = str(exc).split("=", 1)[0].removeprefix("SamplingParams.")
         raise OpenAIError(400, str(exc), param=param) from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_values(body: Any, path: str = "") -> None:
+    """OpenAIError 400 for a non-finite float or a string with a lone UTF-16 surrogate (JSON's
+    "\\ud800" escape) anywhere in `body`: neither can be tokenized nor encoded as JSON again."""
+    if isinstance(body, str):
+        if _SURROGATE.search(body):
+            raise OpenAIError(
+                400, f"{path or 'body'}: the text holds a lone UTF-16 surrogate (an unpaired "
+                "\\ud800-\\udfff escape), which is not valid Unicode; send valid UTF-8 text",
+                param=path or None,
+            )  # fmt: skip
+    elif isinstance(body, float):
+        if not math.isfinite(body):
+            raise OpenAIError(
+                400, f"{path or 'body'}={body}: numbers must be finite", param=path or None
+            )
+    elif isinstance(body, dict):
+        for key, value in body.items():
+            check_values(key, path)
+            check_values(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(body, list | tuple):
+        for i, value in enumerate(body):
+            check_values(value, f"{path}.{i}")
 
 
 def _pick(value, default, fallback):
@@ -147,7 +183,10 @@ def prompt_ids(req: CompletionRequest | ChatCompletionRequest, tok) -> list[int]
             raise OpenAIError(400, "this model has no tokenizer: chat is unavailable")
         try:
             msgs = [m.model_dump(exclude_none=True) for m in req.messages]
-            text = tok.apply_chat_template(msgs, add_generation_prompt=True, tools=req.tools)
+            tools = (
+                None if req.tools is None else [t.model_dump(exclude_none=True) for t in req.tools]
+            )
+            text = tok.apply_chat_template(msgs, add_generation_prompt=True, tools=tools)
         except (ChatTemplateError, ValueError, TypeError) as exc:
             raise OpenAIError(400, f"messages: {exc}", param="messages") from None
         return tok.encode(text, add_special_tokens=False)

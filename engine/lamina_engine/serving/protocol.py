@@ -1,14 +1,16 @@
 """OpenAI API shapes: request bodies (validated) and errors.
 
-Unknown fields are ignored (as OpenAI's server does for newer clients); fields we cannot honour
-(`n` > 1, `echo`, `best_of` > 1, several prompts in one request) are a 400 that says so.
+A request may carry OpenAI's fields and vLLM's extensions. Unknown fields are a 400 that names
+them (a misspelt `temprature` must not be dropped silently). Fields we know but cannot honour
+(`n` > 1, `echo`, `logit_bias`, `repetition_penalty` != 1, ...) are accepted only at their
+neutral value (`NEUTRAL`); another value is a 400 that says so. Floats must be finite.
 `kv_transfer` is Lamina's extension: the router's handle of a prompt whose KV a prefill pod
 ships (decode pods only).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,11 +52,51 @@ class KVTransferHandle(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's; usage comes once, at the end
+
+
+# vLLM's request fields this engine cannot honour: a field -> the values that change nothing.
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "logit_bias": (None, {}),
+    "repetition_penalty": (None, 1.0),
+    "length_penalty": (None, 1.0),
+    "use_beam_search": (None, False),
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "response_format": (None, {"type": "text"}),
+    "priority": (None, 0),
+    "truncate_prompt_tokens": (None,),
+    "allowed_token_ids": (None,),
+    "prompt_logprobs": (None,),
+    "spaces_between_special_tokens": (None, True),
+    "return_tokens_as_token_ids": (None, False),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+    "structured_outputs": (None,),
+    "logits_processors": (None,),
+    "tool_choice": (None, "none"),
+    "reasoning_effort": (None,),
+    "add_generation_prompt": (None, True),
+    "continue_final_message": (None, False),
+    "chat_template": (None,),
+    "chat_template_kwargs": (None, {}),
+    "documents": (None,),
+    "add_special_tokens": (None,),
+    "mm_processor_kwargs": (None,),
+    "cache_salt": (None,),
+    "kv_transfer_params": (None,),
+    "vllm_xargs": (None,),
+}
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str
     max_tokens: int | None = None
@@ -74,8 +116,33 @@ class _Common(BaseModel):
     min_p: float | None = None
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
+    min_tokens: int = 0
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
     kv_transfer: KVTransferHandle | None = None
     return_token_ids: bool = False  # vLLM's extension: choices[].token_ids
+    # accepted at their NEUTRAL values only (prepared_request.py says which)
+    logit_bias: dict[str, float] | None = None
+    repetition_penalty: float | None = None
+    length_penalty: float | None = None
+    use_beam_search: bool | None = None
+    response_format: dict[str, Any] | None = None
+    priority: int | None = None
+    truncate_prompt_tokens: int | None = None
+    allowed_token_ids: list[int] | None = None
+    prompt_logprobs: int | None = None
+    spaces_between_special_tokens: bool | None = None
+    return_tokens_as_token_ids: bool | None = None
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    structured_outputs: Any = None
+    logits_processors: Any = None
+    add_special_tokens: bool | None = None
+    cache_salt: str | None = None
+    kv_transfer_params: dict[str, Any] | None = None
+    vllm_xargs: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Common):
@@ -86,15 +153,46 @@ class CompletionRequest(_Common):
     suffix: str | None = None
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
-    role: str
+
+class ChatMessage(BaseModel):
+    # name, tool_calls, tool_call_id, ... reach the chat template as they are
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    role: Role
     content: str | list[dict[str, Any]] | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
 
 
 class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # only matters with tool calls, which never come
+    reasoning_effort: str | None = None
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    documents: list[dict[str, Any]] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
+    echo: bool | None = None
+    best_of: int | None = None
