@@ -16,6 +16,7 @@ from lamina_engine.speed_config import SpeedConfig
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
+Kernels = Literal["auto", "triton", "torch"]  # lamina_engine.kernels.KERNEL_MODES
 # The keys of core.scheduler.POLICIES (tests/engine/test_cli.py keeps the two equal).
 SchedulingPolicy = Literal["chunked", "layered"]
 
@@ -73,6 +74,11 @@ class EngineConfig(BaseModel):
         "'anchors': 1}; default: off, or the checkpoint config's SPEED keys.",
     )
     seed: int = Field(0, description="Seed of the engine-wide generator (unseeded requests).")
+    kernels: Kernels = Field(
+        "auto",
+        description="Layer kernels: triton (fused MoE, paged attention, KV store, "
+        "RMSNorm) or torch; auto = triton on CUDA, torch on CPU.",
+    )
 
     @field_validator("model")
     @classmethod
