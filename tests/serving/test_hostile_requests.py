@@ -67,10 +67,26 @@ def test_out_of_range_sampling_fields_are_400(url, field, value, named):
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
-@pytest.mark.parametrize("field", ["temperature", "top_p", "presence_penalty", "min_p"])
+@pytest.mark.parametrize(
+    "field",
+    ["temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p", "top_k",
+     "max_tokens", "seed", "repetition_penalty"],
+)  # fmt: skip
 def test_non_finite_floats_are_400(url, field, literal):
     raw = f'{{"model": "{MODEL}", "prompt": "abc", "max_tokens": 2, "{field}": {literal}}}'
+    raw = raw.replace('"max_tokens": 2, "max_tokens"', '"max_tokens"')
     _assert_openai_400(_post_raw(url, "completions", raw), field)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity"])
+def test_non_finite_numbers_nested_in_the_body_are_400(url, literal):
+    tool = ('{"type": "function", "function": {"name": "f", "parameters": {"type": "object", '
+            f'"properties": {{"x": {{"type": "number", "default": {literal}}}}}}}}}}}')  # fmt: skip
+    raw = (f'{{"model": "{MODEL}", "max_tokens": 2, "tools": [{tool}], '
+           '"messages": [{"role": "user", "content": "hi"}]}')  # fmt: skip
+    _assert_openai_400(_post_raw(url, "chat/completions", raw), "tools")
+    raw = f'{{"model": "{MODEL}", "prompt": "abc", "logit_bias": {{"5": {literal}}}}}'
+    _assert_openai_400(_post_raw(url, "completions", raw), "logit_bias")
 
 
 def test_lone_surrogates_are_400(url):
