@@ -74,8 +74,15 @@ def current_run() -> Path | None:
 
 
 def kubectl(lay: Layout, *args: str, check: bool = True, timeout: float = 120) -> str:
-    return sh(os.environ.get("KUBECTL", "kubectl"), "--kubeconfig", str(lay.admin_kubeconfig),
-              *args, check=check, timeout=timeout)  # fmt: skip
+    """kubectl as cluster admin; with check=False a failure or a timeout (a loaded machine
+    answers slowly) reads as empty output, for polling."""
+    argv = (os.environ.get("KUBECTL", "kubectl"), "--kubeconfig", str(lay.admin_kubeconfig), *args)
+    try:
+        return sh(*argv, check=check, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if check:
+            raise ClusterError(f"{' '.join(argv)} timed out after {timeout:.0f} s") from None
+        return ""
 
 
 def wait(root: Path, what: str, ready, timeout: float, daemons: list[str]) -> None:
@@ -125,7 +132,7 @@ def start_control_plane(lay: Layout, ports: dict[str, int]) -> None:
         "--kubelet-preferred-address-types=InternalIP", "--allow-privileged=false",
     ])  # fmt: skip
     server = f"https://{lay.bridge_ip}:{ports['apiserver']}"
-    ready = lambda: kubectl(lay, "get", "--raw", "/readyz", check=False, timeout=10) == "ok"  # noqa: E731
+    ready = lambda: kubectl(lay, "get", "--raw", "/readyz", check=False, timeout=30) == "ok"  # noqa: E731
     wait(root, "kube-apiserver /readyz", ready, 120, ["etcd", "kube-apiserver"])
     procs.spawn(root, "kube-controller-manager", [
         str(CP_BIN / "kube-controller-manager"), f"--kubeconfig={root / 'kcm.kubeconfig'}",
@@ -316,7 +323,8 @@ def main(argv: list[str]) -> int:
             print(
                 f"{helm} install lamina {REPO / 'charts' / 'lamina'} -n lamina-system "
                 "--create-namespace --set image.repository=localhost/lamina-operator "
-                "--set image.tag=local --set image.pullPolicy=Never"
+                "--set image.tag=local --set image.pullPolicy=Never "
+                "--set 'rbac.secretNamespaces={lamina-demo}'"
             )
             print(f"# context {CONTEXT}; `make cluster-down` stops it", file=sys.stderr)
         elif cmd == "down":

@@ -1,0 +1,103 @@
+"""A bounded load through the OpenAI client, counting what each request went through.
+
+Every request is greedy, so its right answer is known in advance. A request is retried (up to
+`attempts` times, 2 s apart: a replacement pod may take a minute to load its model) only on what
+a client may retry: a connection error, a timeout, or HTTP 408/429/500/502/503/504. Anything
+else, or a wrong text, is a failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import openai
+
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    ok_first_try: int = 0
+    ok_after_retry: int = 0
+    failed: list[str] = field(default_factory=list)
+    retry_reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def completed(self) -> int:
+        return self.ok_first_try + self.ok_after_retry
+
+
+def _one(client: openai.OpenAI, model: str, prompt: str, expected: str, max_tokens: int,
+         attempts: int, result: LoadResult, lock: threading.Lock) -> None:  # fmt: skip
+    for attempt in range(attempts):
+        try:
+            out = client.completions.create(
+                model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0
+            )
+        except (openai.APIConnectionError, openai.APITimeoutError) as err:
+            reason = type(err).__name__
+        except openai.APIStatusError as err:
+            if err.status_code not in RETRYABLE_STATUS:
+                with lock:
+                    result.failed.append(f"HTTP {err.status_code}: {err.message}")
+                return
+            reason = f"HTTP {err.status_code}"
+        else:
+            text = out.choices[0].text
+            with lock:
+                if text != expected:
+                    result.failed.append(f"wrong text {text!r} (expected {expected!r})")
+                elif attempt == 0:
+                    result.ok_first_try += 1
+                else:
+                    result.ok_after_retry += 1
+            return
+        with lock:
+            result.retry_reasons[reason] += 1
+        time.sleep(2.0)
+    with lock:
+        result.failed.append(f"gave up after {attempts} attempts")
+
+
+def run_load(base_url: str, model: str, prompt: str, expected: str, *, requests: int,
+             concurrency: int, max_tokens: int, attempts: int = 90,
+             during=None) -> LoadResult:  # fmt: skip
+    """`requests` completions with `concurrency` in flight; `during(progress)` runs beside them
+    (progress() -> requests finished so far), e.g. to delete pods mid-load."""
+    # The client's own retries are off: this loop counts every retry itself.
+    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=120.0)
+    result = LoadResult(requests=requests)
+    lock = threading.Lock()
+    t0 = time.monotonic()
+    side_error: list[BaseException] = []
+
+    def side(progress) -> None:
+        try:
+            during(progress)
+        except BaseException as err:  # re-raised below, in the caller's thread
+            side_error.append(err)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [
+            pool.submit(_one, client, model, prompt, expected, max_tokens, attempts, result, lock)
+            for _ in range(requests)
+        ]
+        thread = None
+        if during is not None:
+            progress = lambda: sum(f.done() for f in futures)  # noqa: E731
+            thread = threading.Thread(target=side, args=(progress,), daemon=True)
+            thread.start()
+        for f in futures:
+            f.result()
+        if thread is not None:
+            thread.join()
+    if side_error:
+        raise side_error[0]
+    result.seconds = time.monotonic() - t0
+    return result
