@@ -168,14 +168,16 @@ def _events(resp: httpx.Response):
             yield line.removeprefix("data: ")
 
 
-def test_a_failure_in_a_step_ends_only_its_stream_with_an_error_event(unified):
+@pytest.mark.parametrize("via", ["unified", "router"])
+def test_a_failure_in_a_step_ends_only_its_stream_with_an_error_event(via, unified, stack):
     """A request whose sampling raises inside the step (its params corrupted in the engine,
     as a kernel bug would) fails alone: its stream ends with an error event, not [DONE], and
-    the request beside it runs to its end."""
-    engine = unified.server.async_engine.engine
+    the request beside it runs to its end. Through the router the decode pod's engine fails."""
+    pod, front = (unified, unified) if via == "unified" else (stack.decode, stack.router)
+    engine = pod.server.async_engine.engine
     body = {"model": MODEL, "prompt": "abc", "max_tokens": 500, "ignore_eos": True,
             "temperature": 0.7, "stream": True}  # fmt: skip
-    url = f"{unified.url}/v1/completions"
+    url = f"{front.url}/v1/completions"
     with (
         httpx.stream("POST", url, json=body, timeout=120) as bad,
         httpx.stream("POST", url, json=body, timeout=120) as good,
