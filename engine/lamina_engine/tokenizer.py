@@ -180,7 +180,9 @@ class Tokenizer:
         """Token ids of `text`; with add_special_tokens, BOS etc. as the model expects."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, got {type(text).__name__}")
-        ids = self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL (encode holds it: seconds per MB), so servers that
+        # tokenize on a worker thread keep their event loop answering meanwhile
+        ids = self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
         if add_special_tokens and self.add_bos_token is not None and self.bos_token_id is not None:
             starts_with_bos = bool(ids) and ids[0] == self.bos_token_id
             if self.add_bos_token and not starts_with_bos:

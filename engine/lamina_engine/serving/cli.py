@@ -44,6 +44,9 @@ class DrainingServer(uvicorn.Server):
 
 
 def make_uvicorn(server, host: str, port: int) -> DrainingServer:
+    from lamina_engine.serving.http_limits import read_timeout_protocol
+
+    c = server.config
     cfg = uvicorn.Config(
         server.app,
         host=host,
@@ -51,6 +54,10 @@ def make_uvicorn(server, host: str, port: int) -> DrainingServer:
         log_level="warning",
         timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
         lifespan="on",
+        http=read_timeout_protocol(c.request_read_timeout_seconds),
+        timeout_keep_alive=c.timeout_keep_alive_seconds,
+        h11_max_incomplete_event_size=c.h11_max_incomplete_event_size,
+        limit_concurrency=c.limit_concurrency,
     )
     return DrainingServer(cfg, server)
 

@@ -69,6 +69,21 @@ class ServeConfig(BaseModel):
     disaggregation_min_prompt_tokens: int = Field(0, ge=0)
     load_decay_seconds: float = Field(10.0, gt=0)
     backend_poll_seconds: float = Field(1.0, gt=0)
+    # HTTP limits of every server (serving/http_limits.py), checked before any tokenizing
+    max_request_bytes: int = Field(8 * 2**20, gt=0, description="larger request bodies: 413")
+    max_prompt_chars: int = Field(
+        1_000_000, gt=0, description="longer prompts (characters, all messages): 400"
+    )
+    request_read_timeout_seconds: float = Field(
+        30.0, gt=0, description="close a connection whose request has not arrived by then"
+    )
+    timeout_keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive close")
+    h11_max_incomplete_event_size: int = Field(
+        65536, gt=0, description="largest request head (bytes)"
+    )
+    limit_concurrency: int | None = Field(
+        None, gt=0, description="most connections and tasks at once; beyond: 503"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -32,6 +32,7 @@ from lamina_engine.request_output import RequestOutput
 from lamina_engine.serving import kv_shipping
 from lamina_engine.serving.async_engine import AsyncEngine, RequestFailed
 from lamina_engine.serving.config import ServeConfig
+from lamina_engine.serving.http_limits import BodyLimit, check_prompt_chars
 from lamina_engine.serving.metrics import ServerMetrics
 from lamina_engine.serving.openai_app import openai_app
 from lamina_engine.serving.prefill_shipper import PrefillShipper
@@ -103,6 +104,7 @@ class EngineServer:
                 await self.transport.close()
 
         app = openai_app("Lamina engine", lifespan, self, self.metrics)
+        app.add_middleware(BodyLimit, max_bytes=self.config.max_request_bytes)
         app.post("/v1/internal/generate")(self.generate)
         app.post("/v1/internal/prefill")(self.prefill)
         app.get("/v1/internal/load")(self.load)
@@ -152,11 +154,17 @@ class EngineServer:
 
     async def completions(self, req: CompletionRequest, request: Request):
         ae = self._check_serving(req.model)
-        return await self._serve(prepare("completions", req, ae.engine.tokenizer), request)
+        return await self._serve(await self._prepare("completions", req, ae), request)
 
     async def chat(self, req: ChatCompletionRequest, request: Request):
         ae = self._check_serving(req.model)
-        return await self._serve(prepare("chat", req, ae.engine.tokenizer), request)
+        return await self._serve(await self._prepare("chat", req, ae), request)
+
+    async def _prepare(self, kind, req, ae: AsyncEngine) -> PreparedRequest:
+        """Tokenize a client's request, bounded first and off the event loop (seconds per MB)
+        so /health and other streams go on meanwhile."""
+        check_prompt_chars(req, self.config.max_prompt_chars)
+        return await asyncio.to_thread(prepare, kind, req, ae.engine.tokenizer)
 
     async def generate(self, body: dict, request: Request):
         """The router prepared the request already: serve it as it is."""

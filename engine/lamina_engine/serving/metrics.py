@@ -95,6 +95,17 @@ class ServerMetrics:
             "lamina_router_requests_total", "Requests routed, by path.", ["role", "path"],
             registry=r,
         )  # fmt: skip
+        self.router_retries = Counter(
+            "lamina_router_retries_total",
+            "Requests the router sent to another pod before any output (reason: connect, the "
+            "pod refused or dropped the connection; read, it died before its first byte).",
+            ["role", "reason"], registry=r,
+        )  # fmt: skip
+        self.router_upstream_failures = Counter(
+            "lamina_router_upstream_failures_total",
+            "Requests cut by a pod failure after output had been sent (the client got an error "
+            "event), by mode: stream or full.", ["role", "mode"], registry=r,
+        )  # fmt: skip
         self.backends_ready = Gauge(
             "lamina_router_backends_ready", "Ready backends by kind.", ["role", "kind"],
             registry=r,

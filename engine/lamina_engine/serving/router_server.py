@@ -21,12 +21,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lamina_engine.core.block_manager import block_hashes
 from lamina_engine.serving.backends import BackendPool
 from lamina_engine.serving.config import ServeConfig
+from lamina_engine.serving.http_limits import BodyLimit, check_prompt_chars
 from lamina_engine.serving.metrics import ServerMetrics
 from lamina_engine.serving.openai_app import openai_app
 from lamina_engine.serving.pod_pickers import BackendState, DecodePicker, PrefillPicker
@@ -76,7 +77,9 @@ class RouterServer:
             await self.pool.close()
             await self.client.aclose()
 
-        return openai_app("Lamina router", lifespan, self, self.metrics)
+        app = openai_app("Lamina router", lifespan, self, self.metrics)
+        app.add_middleware(BodyLimit, max_bytes=self.config.max_request_bytes)
+        return app
 
     # ------------------------------------------------------------------ small endpoints
     def _decoders(self) -> list[BackendState]:
@@ -105,13 +108,13 @@ class RouterServer:
         return {"draining": True}
 
     # ------------------------------------------------------------------ requests
-    async def completions(self, req: CompletionRequest):
-        return await self._route("completions", req)
+    async def completions(self, req: CompletionRequest, request: Request):
+        return await self._route("completions", req, request)
 
-    async def chat(self, req: ChatCompletionRequest):
-        return await self._route("chat", req)
+    async def chat(self, req: ChatCompletionRequest, request: Request):
+        return await self._route("chat", req, request)
 
-    async def _route(self, kind: Kind, req: CompletionRequest | ChatCompletionRequest):
+    async def _route(self, kind: Kind, req: CompletionRequest | ChatCompletionRequest, request):
         if self.draining:
             raise OpenAIError(503, "the router is draining; retry shortly", "unavailable")
         if req.model != self.config.model_name:
@@ -121,7 +124,10 @@ class RouterServer:
             )  # fmt: skip
         if req.n != 1:
             raise OpenAIError(400, f"n={req.n} is not supported; only n=1", param="n")
-        prepared = prepare(kind, req, self.tokenizer)  # the pods get token ids from here on
+        check_prompt_chars(req, self.config.max_prompt_chars)
+        # the pods get token ids from here on; tokenizing costs seconds per MB, so it runs off
+        # the event loop: /health and other streams go on meanwhile
+        prepared = await asyncio.to_thread(prepare, kind, req, self.tokenizer)
         ids = prepared.prompt_ids
         decoders = self._decoders()
         if not decoders:
@@ -142,7 +148,8 @@ class RouterServer:
             self._spawn(self._prefill(pod, decode, flops, hashes, body))
         self.metrics.router_requests.labels("router", "disagg" if disaggregate else "direct").inc()
         t0 = time.perf_counter()
-        return await self._proxy(decode, GENERATE_PATH, body, req.stream, decoders, t0)
+        proxy = self._proxy(decode, GENERATE_PATH, body, req.stream, decoders, t0)
+        return await self._unless_gone(proxy, request)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -182,50 +189,120 @@ class RouterServer:
                 log.warning("could not tell %s to recompute %s: %s", decode.address, handle, exc)
 
     async def _proxy(self, pod, path: str, body: dict, stream: bool, pods, t0: float):
-        """Forward to `pod` (once more to another on a connection failure) and relay."""
-        for attempt in range(2):
-            pod.in_flight += 1
+        """Forward to `pod` and relay its answer. Before any output reached the client (the pod
+        refused the connection or died before its answer, which it sends after its first
+        token), the request goes to another pod once (lamina_router_retries_total). A client
+        that leaves closes the upstream, so the pod aborts the request."""
+        tried: list[BackendState] = []
+        while True:
+            pod, upstream = await self._open(pod, path, body, pods, tried)
+            if stream and upstream.status_code == 200:
+                relay = self._relay(pod, upstream, t0)
+                return StreamingResponse(relay, media_type="text/event-stream")
             try:
-                upstream = await self.client.send(
-                    self.client.build_request("POST", f"{pod.url}{path}", json=body), stream=True
-                )
+                content = await upstream.aread()
             except httpx.TransportError as exc:
                 pod.in_flight -= 1
-                self.pool.mark_down(pod)
-                others = [p for p in pods if p is not pod and p.available]
-                if attempt == 1 or not others:
-                    raise OpenAIError(502, f"backend {pod.address} unreachable: {exc}",
-                                      "server_error") from None  # fmt: skip
-                pod = self.decode_picker.pick(others)
+                await upstream.aclose()
+                pod = self._failover(pod, pods, tried, "read", exc)
+                body = {k: v for k, v in body.items() if k != "kv_handle"}  # recompute there
                 continue
-            if not stream or upstream.status_code != 200:
-                try:
-                    content = await upstream.aread()
-                finally:
-                    await upstream.aclose()
-                    pod.in_flight -= 1
-                media = upstream.headers.get("content-type", "application/json")
-                if upstream.status_code == 200:
-                    self.metrics.e2e.labels("router").observe(time.perf_counter() - t0)
-                return Response(content, upstream.status_code, media_type=media)
-            relay = self._relay(pod, upstream, t0)
-            return StreamingResponse(relay, media_type="text/event-stream")
-        raise AssertionError("unreachable")
+            except BaseException:
+                pod.in_flight -= 1
+                await upstream.aclose()
+                raise
+            await upstream.aclose()
+            pod.in_flight -= 1
+            media = upstream.headers.get("content-type", "application/json")
+            if upstream.status_code == 200:
+                self.metrics.e2e.labels("router").observe(time.perf_counter() - t0)
+            return Response(content, upstream.status_code, media_type=media)
+
+    async def _open(self, pod, path: str, body: dict, pods, tried: list):
+        """(pod, its streamed response), failing over once on a connection failure."""
+        while True:
+            tried.append(pod)
+            pod.in_flight += 1
+            request = self.client.build_request("POST", f"{pod.url}{path}", json=body)
+            try:
+                return pod, await self.client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                pod.in_flight -= 1
+                pod = self._failover(pod, pods, tried, "connect", exc)
+                body = {k: v for k, v in body.items() if k != "kv_handle"}
+            except BaseException:  # cancelled: the client left
+                pod.in_flight -= 1
+                raise
+
+    def _failover(self, pod, pods, tried: list, reason: str, exc: Exception):
+        """`pod` failed before any output: mark it down and pick another not tried yet (one
+        retry in all), else raise a 502."""
+        self.pool.mark_down(pod)
+        others = [p for p in pods if p.available and all(p is not t for t in tried)]
+        if len(tried) >= 2 or not others:
+            raise OpenAIError(502, f"backend {pod.address} failed ({reason}): {exc!r}; "
+                              "retry the request", "server_error")  # fmt: skip
+        log.warning("backend %s failed (%s: %r); retrying on another", pod.address, reason, exc)
+        self.metrics.router_retries.labels("router", reason).inc()
+        return self.decode_picker.pick(others)
+
+    @staticmethod
+    async def _unless_gone(work, request: Request):
+        """Await `work`; a client that disconnects first cancels it, which closes the upstream
+        connection, so the pod aborts the request (a stream's later disconnect closes it in
+        _relay). The pod answers only once its first token (or, not streaming, its last) is
+        out, so a client can leave long before."""
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if task.cancelled():
+            return Response(status_code=499)  # nobody reads it
+        return task.result()
 
     async def _relay(self, pod: BackendState, upstream: httpx.Response, t0: float):
-        """Stream the pod's SSE bytes on; closing early (client gone) closes the upstream too,
-        so the pod aborts the request. Times TTFT (first chunk), TBT (between chunks), E2E."""
+        """Stream the pod's SSE events on (whole events only); closing early (client gone)
+        closes the upstream too, so the pod aborts the request. If the pod dies mid-stream
+        the client gets an OpenAI error event, never a cut chunked body. Times TTFT (first
+        chunk), TBT (between chunks), E2E."""
         last = None
+        pending = b""
         try:
-            async for chunk in upstream.aiter_raw():
-                now = time.perf_counter()
-                if last is None:
-                    self.metrics.ttft.labels("router").observe(now - t0)
-                else:
-                    self.metrics.tbt.labels("router").observe(now - last)
-                last = now
-                yield chunk
-            self.metrics.e2e.labels("router").observe(time.perf_counter() - t0)
+            try:
+                async for chunk in upstream.aiter_raw():
+                    now = time.perf_counter()
+                    if last is None:
+                        self.metrics.ttft.labels("router").observe(now - t0)
+                    else:
+                        self.metrics.tbt.labels("router").observe(now - last)
+                    last = now
+                    pending += chunk
+                    cut = pending.rfind(b"\n\n") + 2
+                    if cut >= 2:
+                        yield pending[:cut]
+                        pending = pending[cut:]
+                if pending:
+                    yield pending
+                self.metrics.e2e.labels("router").observe(time.perf_counter() - t0)
+            except httpx.TransportError as exc:
+                log.warning("backend %s failed mid-stream: %r", pod.address, exc)
+                self.pool.mark_down(pod)
+                self.metrics.router_upstream_failures.labels("router", "stream").inc()
+                msg = (f"the backend {pod.address} serving this request failed mid-stream "
+                       f"({exc!r}); the output is incomplete: retry the request")  # fmt: skip
+                yield f"data: {json.dumps(error_body(502, msg))}\n\n".encode()
+                yield b"data: [DONE]\n\n"
         finally:
             pod.in_flight -= 1
             await upstream.aclose()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has disconnected (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
