@@ -27,7 +27,10 @@ def can(identity: Kubectl, verb: str, resource: str, namespace: str = WORK_NAMES
         ("create", "services"),
         ("create", "configmaps"),
         ("create", "poddisruptionbudgets.policy"),
+        # The managed Redis password Secret is created and deleted; Secrets a spec names are
+        # read (get) to check them (a namespaced install grants it in each watched namespace).
         ("create", "secrets"),
+        ("delete", "secrets"),
         ("get", "secrets"),
         ("create", "events"),
         ("update", "servingdeployments.lamina.dev/finalizers"),
@@ -45,6 +48,10 @@ def test_operator_may_do_its_job_in_the_watched_namespace(operator_identity, ver
         ("create", "pods", WORK_NAMESPACE),
         ("create", "rolebindings.rbac.authorization.k8s.io", WORK_NAMESPACE),
         ("update", "servingdeployments.lamina.dev/scale", WORK_NAMESPACE),
+        # Secrets: never listed, watched or patched (the password Secret is create-only).
+        ("list", "secrets", WORK_NAMESPACE),
+        ("watch", "secrets", WORK_NAMESPACE),
+        ("patch", "secrets", WORK_NAMESPACE),
         # Outside the watched namespace it can do nothing namespaced.
         ("create", "deployments.apps", "default"),
         ("get", "secrets", "kube-system"),

@@ -27,24 +27,27 @@ def _by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
     }
 
 
-def test_all_namespaces_cluster_role_equals_the_operators_needs_but_secrets(helm):
+def test_all_namespaces_cluster_role_equals_the_operators_needs_but_reading_secrets(helm):
     objects = render(helm)
     roles = _by_kind(objects, "ClusterRole")
     assert set(roles) == {"/lamina", "/lamina-secrets"}
     assert triples(roles["/lamina"]["rules"]) == triples(rbac.cluster_role_rules())
-    assert triples(roles["/lamina-secrets"]["rules"]) == triples(rbac.SECRET_RULES)
-    # all the operator needs = the ClusterRole + the Secret rules granted per namespace
-    assert triples(rbac.cluster_role_rules() + rbac.SECRET_RULES) == triples(rbac.all_rules())
+    assert triples(roles["/lamina-secrets"]["rules"]) == triples(rbac.SECRET_READ_RULES)
+    # all the operator needs = the ClusterRole + reading Secrets, granted per namespace
+    assert triples(rbac.cluster_role_rules() + rbac.SECRET_READ_RULES) == triples(rbac.all_rules())
 
 
-def test_secrets_are_granted_nowhere_by_default(helm):
+def test_by_default_secrets_are_created_everywhere_and_read_nowhere(helm):
+    """The default install reconciles a managed Redis anywhere (it creates the password Secret)
+    but cannot read a single Secret."""
     objects = render(helm)
     (binding,) = _by_kind(objects, "ClusterRoleBinding").values()
     assert binding["roleRef"]["name"] == "lamina"  # not lamina-secrets
     assert _by_kind(objects, "RoleBinding") == {}
-    for role in _by_kind(objects, "ClusterRole").values():
-        if role["metadata"]["name"] == "lamina":
-            assert all("secrets" not in rule["resources"] for rule in role["rules"])
+    role = _by_kind(objects, "ClusterRole")["/lamina"]
+    secret_verbs = {verb for group, resource, verb in triples(role["rules"])
+                    if (group, resource) == ("", "secrets")}  # fmt: skip
+    assert secret_verbs == {"create", "delete"}
 
 
 def test_secrets_only_in_the_listed_namespaces(helm):

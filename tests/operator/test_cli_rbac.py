@@ -107,10 +107,28 @@ def test_rbac_covers_every_child_the_builders_make(gpu_spec, minimal_spec):
             api_version, kind, _ = want.key
             group = api_version.rpartition("/")[0]
             resource = _plural(kind)
-            for verb in ("get", "create", "patch", "list", "delete"):
+            # The password Secret is created once and never read back: create (and delete).
+            verbs = ("create", "delete") if want.create_only else ("get", "create", "patch",
+                                                                    "list", "delete")  # fmt: skip
+            for verb in verbs:
                 assert _allowed(group, resource, verb), (group, resource, verb)
     for api_version, kind in CHILD_KINDS:  # pruning lists and deletes these
         assert _allowed(api_version.rpartition("/")[0], _plural(kind), "delete")
     assert _allowed("lamina.dev", "servingdeployments/status", "patch")
     assert _allowed("", "events", "create")
     assert _allowed("apps", "deployments", "watch")
+
+
+def test_the_cluster_role_cannot_read_any_secret():
+    """With --all-namespaces the ClusterRole may create and delete Secrets (the managed Redis
+    password) everywhere, but never read one: get comes only per namespace."""
+    secret_verbs = {
+        verb
+        for rule in rbac.cluster_role_rules()
+        if "" in rule["apiGroups"] and "secrets" in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert secret_verbs == {"create", "delete"}
+    assert rbac.SECRET_READ_RULES == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+    ]

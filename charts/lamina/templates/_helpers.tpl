@@ -93,6 +93,12 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "patch"]
+# The managed Redis password Secret: created once, never read back (pods read it by
+# secretKeyRef), deleted with the managed Redis. No get/list/watch: the operator cannot read
+# Secrets it did not create.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
@@ -106,14 +112,15 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 {{- end }}
 
 {{/*
-Secret rules (lamina_operator.rbac.SECRET_RULES): the managed Redis password Secret, and reads
-of the Secret a spec's passwordSecretRef names. In each watched namespace's Role; with
-watch.allNamespaces, a separate ClusterRole bound only where rbac.secretNamespaces says.
+Reading Secrets (lamina_operator.rbac.SECRET_READ_RULES): only to check that the Secrets a spec
+names (passwordSecretRef, redis.tls) exist and hold their keys before pods wait on them. In each
+watched namespace's Role; with watch.allNamespaces, a separate ClusterRole bound only where
+rbac.secretNamespaces says (elsewhere the check is skipped).
 */}}
 {{- define "lamina.secretRules" -}}
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get"]
 {{- end }}
 
 {{/* Cluster-scoped rules, needed only with --all-namespaces (lamina_operator.rbac.CLUSTER_RULES). */}}

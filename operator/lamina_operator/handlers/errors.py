@@ -22,12 +22,12 @@ from ..kube import KubeError
 RETRY_DELAY_SECONDS = 30  # problems a person fixes (a Secret, RBAC)
 TRANSIENT_DELAY_SECONDS = 10  # problems the API server gets over by itself
 
-# With watch.allNamespaces the chart grants Secrets only in rbac.secretNamespaces (rbac.py).
+# The operator creates (and deletes) the managed Redis password Secret wherever it reconciles;
+# reading Secrets is optional (rbac.py), so a 403 here is a create or delete the RBAC lacks.
 SECRETS_HINT = (
-    " (compare the operator's RBAC with lamina_operator.rbac: with watch.allNamespaces it may "
-    "manage Secrets only in the namespaces it was granted; add this namespace to the chart's "
-    "rbac.secretNamespaces, or bind the ClusterRole <release>-lamina-secrets here with a "
-    "RoleBinding)"
+    " (compare the operator's RBAC with lamina_operator.rbac: it needs create and delete on "
+    "secrets in every namespace it reconciles, for the managed Redis password; the chart's "
+    "ClusterRole or Role grants them: reinstall or upgrade the chart with rbac.create=true)"
 )
 _HINTS = {
     401: " (the operator's credentials were refused: check its ServiceAccount token)",

@@ -16,7 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..builders import Desired, Owner
+from ..builders import Desired, Owner, child_name
+from ..builders.names import redis_secret_name
 from ..constants import LAST_APPLIED_ANNOTATION
 from ..kube import AlreadyExists, KubeClient, KubeError, merge_diff
 from .children import Children
@@ -71,14 +72,16 @@ def apply_one(
     """Bring one child to `want`, comparing with its listed live copy (no GET of its own).
 
     What the server answers to a create or patch replaces the listed copy in `children`.
+    A create_only child (the password Secret) is not listed: created, or found there (409).
     """
     manifest = want.manifest
     api_version, kind, name = want.key
-    # create_only children (the password Secret) keep no last-applied copy: it would hold the value.
     stamp = canonical(manifest)
     body = json.loads(stamp)
-    if not want.create_only:
-        body["metadata"].setdefault("annotations", {})[LAST_APPLIED_ANNOTATION] = stamp
+    if want.create_only:  # the password Secret: no last-applied copy (it would hold the value)
+        _create_only(client, body, result)
+        return
+    body["metadata"].setdefault("annotations", {})[LAST_APPLIED_ANNOTATION] = stamp
     live = children.get(kind, name)
     if live is None:
         try:
@@ -93,15 +96,6 @@ def apply_one(
     if ref is not None and ref.get("uid") != owner.uid:
         result.conflicts.append((kind, name, f"{ref.get('kind')}/{ref.get('name')}"))
         return
-    if want.create_only:
-        if ref is None:  # adopt, but never touch the data
-            meta = manifest["metadata"]
-            patch = {
-                "metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]}
-            }
-            children.put(client.patch(api_version, kind, owner.namespace, name, patch))
-            result.actions.append(Action("Adopted", kind, name))
-        return
     annotations = live["metadata"].get("annotations") or {}
     last_raw = annotations.get(LAST_APPLIED_ANNOTATION)
     if last_raw == stamp and ref is not None:
@@ -114,6 +108,22 @@ def apply_one(
         patch["metadata"]["ownerReferences"] = manifest["metadata"]["ownerReferences"]
     children.put(client.patch(api_version, kind, owner.namespace, name, patch))
     result.actions.append(Action("Adopted" if ref is None else "Updated", kind, name, fields))
+
+
+def _create_only(client: KubeClient, body: dict[str, Any], result: ApplyResult) -> None:
+    """Create the password Secret unless it exists; never read, patch or adopt it.
+
+    The operator may create Secrets but not read them (rbac.py), so the Secret is not listed and
+    AlreadyExists is the answer "it is there": its data (the password Redis and the engines
+    read by secretKeyRef) stays as first written. An orphan or foreign Secret with this name is
+    used as it is (its "password" key, if any) and is not adopted: adopting would need patch,
+    whose answer holds the data.
+    """
+    try:
+        client.create(body)
+    except AlreadyExists:
+        return
+    result.actions.append(Action("Created", body["kind"], body["metadata"]["name"]))
 
 
 def apply_children(
@@ -142,7 +152,9 @@ def prune_children(
 
     Only objects whose controller ownerReference is this very owner (uid) are candidates, so a
     user's object that merely shares our labels is never deleted. Kind and name identify a
-    child, not the apiVersion it was read through.
+    child, not the apiVersion it was read through. The password Secret is not listed (the
+    operator may not read Secrets): it is deleted with the managed Redis Deployment it was made
+    for, by name.
     """
     wanted = {(kind, name) for _, kind, name in (want.key for want in desired)}
     for (kind, name), obj in sorted(children.objects.items()):
@@ -152,3 +164,11 @@ def prune_children(
         client.delete(obj["apiVersion"], kind, owner.namespace, name)
         children.remove(kind, name)
         result.actions.append(Action("Deleted", kind, name))
+        if (kind, name) == ("Deployment", child_name(owner, "redis")):
+            _delete_password_secret(client, owner, result)
+
+
+def _delete_password_secret(client: KubeClient, owner: Owner, result: ApplyResult) -> None:
+    name = redis_secret_name(owner)
+    client.delete("v1", "Secret", owner.namespace, name)  # one already gone is no error
+    result.actions.append(Action("Deleted", "Secret", name))

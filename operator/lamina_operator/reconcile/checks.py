@@ -8,6 +8,7 @@ change (a Secret or policy created later), False when only editing the spec help
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,11 @@ from pydantic import ValidationError
 
 from ..api import AutoscalingPolicySpec, ServingDeploymentSpec
 from ..constants import API_VERSION, MAX_NAME_LENGTH, POLICY_KIND
-from ..kube import KubeClient
+from ..kube import KubeClient, KubeError
+
+LOG = logging.getLogger(__name__)
+# Returned by _readable_secret when the operator may not read Secrets here (not None: absent).
+UNREADABLE: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -65,13 +70,19 @@ def check_name(name: str) -> list[Problem]:
 def check_references(
     client: KubeClient, namespace: str, spec: ServingDeploymentSpec
 ) -> list[Problem]:
-    """The Redis password Secret (and its key) and the referenced AutoscalingPolicy exist."""
+    """The Redis password Secret (and its key) and the referenced AutoscalingPolicy exist.
+
+    Secrets are checked only where the operator may read them (rbac.SECRET_READ_RULES); where
+    it may not, a missing one shows as the pods' own error (CreateContainerConfigError, a volume
+    that cannot mount)."""
     problems: list[Problem] = []
     kv = spec.engine.kv_transfer
     ref = kv.redis.password_secret_ref
     if kv.backend == "redis" and not kv.managed_redis and ref is not None:
-        secret = client.get("v1", "Secret", namespace, ref.name)
-        if secret is None:
+        secret = _readable_secret(client, namespace, ref.name)
+        if secret is UNREADABLE:
+            pass  # not checked here: a pod that reads it reports a missing one
+        elif secret is None:
             problems.append(
                 Problem(
                     "MissingSecret",
@@ -137,7 +148,9 @@ def _check_redis_tls(
     tls = kv.redis.tls
     if kv.backend != "redis" or tls is None:
         return []
-    secret = client.get("v1", "Secret", namespace, tls.secret_name)
+    secret = _readable_secret(client, namespace, tls.secret_name)
+    if secret is UNREADABLE:
+        return []
     if secret is None:
         return [
             Problem(
@@ -161,6 +174,22 @@ def _check_redis_tls(
             retryable=True,
         )
     ]
+
+
+def _readable_secret(client: KubeClient, namespace: str, name: str) -> dict[str, Any] | None:
+    """The Secret, None when it does not exist, UNREADABLE when RBAC forbids reading it."""
+    try:
+        return client.get("v1", "Secret", namespace, name)
+    except KubeError as exc:
+        if exc.status != 403:
+            raise
+        LOG.debug(
+            "not checking Secret %s/%s: the operator may not read Secrets in this namespace "
+            "(rbac.secretNamespaces); a pod that mounts it reports a missing one",
+            namespace,
+            name,
+        )
+        return UNREADABLE
 
 
 def _decoded(secret: dict[str, Any], key: str) -> str:

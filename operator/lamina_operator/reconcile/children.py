@@ -1,6 +1,6 @@
 """The children of one ServingDeployment as the API server has them, listed once per pass.
 
-A pass lists each child kind once (6 calls) and reuses the result three times: apply compares
+A pass lists each child kind once (5 calls) and reuses the result three times: apply compares
 against it instead of GETting each child, prune picks from it what is no longer desired, and
 status reads the pool Deployments from it. Apply records what the server answered, so status
 sees the generation a patch just produced.
@@ -8,6 +8,9 @@ sees the generation a patch just produced.
 Only labelled objects are listed. An object with one of our names but without our label (an
 orphan left by a deleted owner, or another controller's object) is found when creating it
 fails with AlreadyExists: one extra GET in that rare case, none in the common one.
+
+Secrets are not listed: the operator may create and delete them but not read them (rbac.py),
+so the managed Redis password Secret is created create-only each pass (409 = there) instead.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from ..builders import Owner, child_name
 from ..constants import DEPLOYMENT_LABEL
-from ..kube import KubeClient, KubeError
+from ..kube import KubeClient
 
 PDB_KIND = "PodDisruptionBudget"
 # Kinds the operator creates. The PodDisruptionBudget is listed under the one policy version
@@ -25,7 +28,6 @@ PDB_KIND = "PodDisruptionBudget"
 # returns the same objects through each, so listing both would see every PDB twice.
 CHILD_KINDS = (
     ("v1", "ConfigMap"),
-    ("v1", "Secret"),
     ("v1", "Service"),
     ("apps/v1", "Deployment"),
     ("policy/v1", PDB_KIND),
@@ -40,21 +42,11 @@ class Children:
     objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def listed(
-        cls, client: KubeClient, owner: Owner, pdb_api_version: str, needs_secrets: bool = True
-    ) -> Children:
-        """`needs_secrets` False (no managed Redis): a 403 on Secrets is no error. With
-        watch.allNamespaces the chart grants Secrets only in some namespaces, and without the
-        right the operator cannot have created a Secret here that it would have to prune."""
+    def listed(cls, client: KubeClient, owner: Owner, pdb_api_version: str) -> Children:
         children = cls()
         for api_version, kind in CHILD_KINDS:
             version = pdb_api_version if kind == PDB_KIND else api_version
-            try:
-                found = client.list(version, kind, owner.namespace, {DEPLOYMENT_LABEL: owner.name})
-            except KubeError as exc:
-                if kind == "Secret" and exc.status == 403 and not needs_secrets:
-                    continue
-                raise
+            found = client.list(version, kind, owner.namespace, {DEPLOYMENT_LABEL: owner.name})
             for obj in found:
                 children.put(obj)
         return children

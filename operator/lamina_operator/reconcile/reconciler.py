@@ -83,8 +83,10 @@ class Reconciler:
     def reconcile(self, body: dict[str, Any]) -> Outcome:
         """One pass over a ServingDeployment as kopf handed it (its body is not read again).
 
-        API calls when nothing changed: one list per child kind (6), plus a GET of each object
-        the spec references (the Redis password Secret, the AutoscalingPolicy).
+        API calls when nothing changed: one list per child kind (5), a create of the managed
+        Redis password Secret answered 409 (it is not listed: the operator may not read
+        Secrets), plus a GET of each object the spec references (the Redis password or TLS
+        Secret where the operator may read Secrets, the AutoscalingPolicy).
         """
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
@@ -99,8 +101,7 @@ class Reconciler:
         children = Children()
         if spec is not None and not problems:
             ctx = self.build_context()
-            managed_redis = spec.engine.kv_transfer.managed_redis
-            children = Children.listed(self.client, owner, ctx.pdb_api_version, managed_redis)
+            children = Children.listed(self.client, owner, ctx.pdb_api_version)
             desired = build_children(owner, spec, ctx)
             result = apply_children(self.client, owner, desired, children)
             problems += [
