@@ -321,7 +321,7 @@ def main(argv: list[str]) -> int:
             helm = CP_BIN / "helm"
             print(f"export KUBECONFIG={root / 'admin.kubeconfig'}")
             print(
-                f"{helm} install lamina {REPO / 'charts' / 'lamina'} -n lamina-system "
+                f"kubectl create namespace lamina-demo && {helm} install lamina {REPO / 'charts' / 'lamina'} -n lamina-system "
                 "--create-namespace --set image.repository=localhost/lamina-operator "
                 "--set image.tag=local --set image.pullPolicy=Never "
                 "--set 'rbac.secretNamespaces={lamina-demo}'"

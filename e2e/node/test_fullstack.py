@@ -58,6 +58,8 @@ def chart_dir() -> Path:
 @pytest.fixture(scope="module")
 def chart(admin: Kubectl):
     helm = helm_binary()
+    # rbac.secretNamespaces puts a RoleBinding there: the namespace must exist before the install.
+    admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     subprocess.run([
         helm, "install", "lamina", str(chart_dir()), "-n", "lamina-system",
         "--create-namespace", "--set", "image.repository=localhost/lamina-operator",
