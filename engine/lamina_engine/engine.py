@@ -81,7 +81,7 @@ class Engine:
                 num_blocks=num_blocks,
                 max_model_len=self.max_model_len,
                 enable_prefix_caching=config.enable_prefix_caching,
-                policy=config.scheduling_policy,
+                scheduling_policy=config.scheduling_policy,
                 layered_budget=config.layered_budget,
                 layered_max_groups=config.layered_max_groups,
                 layered_group_tokens=config.layered_group_tokens,

@@ -23,7 +23,7 @@ def layered(num_blocks=64, **kw) -> Scheduler:
     kw.setdefault("block_size", 4)
     kw.setdefault("max_model_len", 256)
     kw.setdefault("layered_group_tokens", 4)
-    return Scheduler(SchedulerConfig(num_blocks=num_blocks, policy="layered", **kw))
+    return Scheduler(SchedulerConfig(num_blocks=num_blocks, scheduling_policy="layered", **kw))
 
 
 def seq(seq_id: int, n: int, max_tokens: int = 8) -> Sequence:
@@ -65,7 +65,7 @@ def test_groups_follow_numpy_array_split_and_the_bucket_rule():
 
 def test_layered_config_is_validated():
     with pytest.raises(ValueError, match="set num_layers"):
-        SchedulerConfig(num_blocks=8, max_model_len=64, policy="layered")
+        SchedulerConfig(num_blocks=8, max_model_len=64, scheduling_policy="layered")
     with pytest.raises(ValueError, match="layered_budget must be >= 1"):
         SchedulerConfig(num_blocks=8, max_model_len=64, layered_budget=0)
     with pytest.raises(ValueError, match="layered_max_groups"):

@@ -37,7 +37,7 @@ def test_every_policy_name_the_config_accepts_has_a_policy():
     # scheduler_config.py lists the names without importing the policies (no import cycle)
     assert sorted(POLICIES) == sorted(POLICY_NAMES)
     for name in POLICY_NAMES:
-        sched = make(policy=name, num_layers=2)
+        sched = make(scheduling_policy=name, num_layers=2)
         assert sched.policy.name == name
 
 
@@ -46,7 +46,7 @@ def test_config_is_validated_with_actionable_messages():
         ValueError,
         match=r"unknown scheduling policy 'fifo'; choose one of \['chunked', 'layered'\]",
     ):
-        SchedulerConfig(num_blocks=8, max_model_len=64, policy="fifo")
+        SchedulerConfig(num_blocks=8, max_model_len=64, scheduling_policy="fifo")
     with pytest.raises(
         ValueError, match=r"max_num_batched_tokens \(8\) must be >= max_num_seqs \(16\)"
     ):

@@ -34,7 +34,7 @@ def test_a_reserved_sequence_is_never_scheduled_or_preempted(policy):
     # 10 blocks of 4: A reserves 4 (13 tokens), B runs a 9-token prompt and grows until the
     # pool is dry; B, not A, is the one preempted, and A's blocks stay exactly as they were.
     sched = make(
-        num_blocks=10, policy=policy, num_layers=4, max_num_seqs=4, max_num_batched_tokens=16
+        num_blocks=10, scheduling_policy=policy, num_layers=4, max_num_seqs=4, max_num_batched_tokens=16
     )
     a, b = seq(1, range(13)), seq(2, range(100, 109), max_tokens=30)
     assert sched.reserve(a)

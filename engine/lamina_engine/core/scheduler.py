@@ -24,7 +24,7 @@ from .policies import ChunkedPolicy, SchedulerState, SchedulingPolicy
 from .scheduler_config import SchedulerConfig
 from .speed_block_manager import SpeedBlockManager
 
-# policy name (SchedulerConfig.policy, validated against POLICY_NAMES) -> its class
+# policy name (SchedulerConfig.scheduling_policy, validated against POLICY_NAMES) -> its class
 POLICIES: dict[str, type[SchedulingPolicy]] = {
     ChunkedPolicy.name: ChunkedPolicy,
     LayeredPolicy.name: LayeredPolicy,
@@ -45,7 +45,7 @@ class Scheduler:
             BlockManager(*args) if config.speed is None else SpeedBlockManager(config.speed, *args)
         )
         self.state = SchedulerState(config, self.block_manager)
-        self.policy = POLICIES[config.policy]()  # the name is validated by SchedulerConfig
+        self.policy = POLICIES[config.scheduling_policy]()  # the name is validated by SchedulerConfig
         self._live: dict[int, Sequence] = {}  # seq_id -> waiting, running or reserved sequence
 
     # ---- queue state -----------------------------------------------------------------------

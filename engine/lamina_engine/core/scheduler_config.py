@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .speed_layout import SpeedLayout
 
-# The scheduling policies (`SchedulerConfig.policy`): Sarathi-style chunked prefill, and
+# The scheduling policies (`SchedulerConfig.scheduling_policy`): Sarathi-style chunked prefill, and
 # layered prefill (core/layered.py).
 POLICY_NAMES = ("chunked", "layered")
 
@@ -25,7 +25,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 512  # tau: tokens per step (decodes + prefill chunks)
     block_size: int = 16  # tokens per KV block
     enable_prefix_caching: bool = True
-    policy: str = "chunked"  # one of POLICY_NAMES
+    scheduling_policy: str = "chunked"  # one of POLICY_NAMES (EngineConfig names it the same)
     # layered policy: B, the most prompt tokens in one cohort; Gmax; the per-group work size u
     # behind the G buckets (T <= u, 2u, 4u, 8u -> 1, 2, 4, 8 groups); the model's layer count
     # (with SPEED: K, since a cohort's groups split the lower layers [0, K) only).
@@ -49,9 +49,9 @@ class SchedulerConfig:
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
                 f"max_num_seqs ({self.max_num_seqs}); raise the budget or lower max_num_seqs"
             )
-        if self.policy not in POLICY_NAMES:
+        if self.scheduling_policy not in POLICY_NAMES:
             raise ValueError(
-                f"unknown scheduling policy {self.policy!r}; choose one of {sorted(POLICY_NAMES)}"
+                f"unknown scheduling policy {self.scheduling_policy!r}; choose one of {sorted(POLICY_NAMES)}"
             )
         if self.speed is not None:
             k = self.speed.prefill_layers
@@ -61,7 +61,7 @@ class SchedulerConfig:
                     f"the lower K = {k}; got {self.num_layers}"
                 )
             self.num_layers = k
-        if self.policy == "layered" and (self.num_layers is None or self.num_layers < 1):
+        if self.scheduling_policy == "layered" and (self.num_layers is None or self.num_layers < 1):
             raise ValueError(
                 f"the layered policy splits the model's layers into groups: set num_layers "
                 f"(>= 1, the model's decoder layer count), got {self.num_layers}"

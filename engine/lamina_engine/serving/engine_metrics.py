@@ -69,7 +69,7 @@ class EngineMetrics:
         stats, sched = engine.stats, engine.scheduler
         blocks = sched.block_manager
         speed = engine.speed
-        self.info.labels(role, sched.config.policy, "off" if speed is None else str(
+        self.info.labels(role, sched.config.scheduling_policy, "off" if speed is None else str(
             speed.prefill_layers)).set(1)  # fmt: skip
         self.blocks_used.labels(role).set(blocks.num_used_blocks)
         self.blocks_total.labels(role).set(blocks.num_blocks)
