@@ -32,7 +32,7 @@ from lamina_engine.request_output import RequestOutput
 from lamina_engine.serving import kv_shipping
 from lamina_engine.serving.async_engine import AsyncEngine, RequestFailed
 from lamina_engine.serving.config import ServeConfig
-from lamina_engine.serving.http_limits import BodyLimit, check_prompt_chars
+from lamina_engine.serving.http_limits import BodyLimit, check_prompt_chars, client_gone
 from lamina_engine.serving.metrics import ServerMetrics
 from lamina_engine.serving.openai_app import openai_app
 from lamina_engine.serving.prefill_shipper import PrefillShipper
@@ -208,9 +208,13 @@ class EngineServer:
 
     async def _collect(self, out: RequestOutput, delta, stream, request: Request):
         """`out` with every delta to the end; a client that disconnects meanwhile aborts."""
+        # _next looks only while one delta is slow; this notices between fast deltas too
+        gone = asyncio.ensure_future(client_gone(request))
         try:
             out.add(delta)
             while not delta.finished:
+                if gone.done():
+                    raise OpenAIError(499, "client disconnected")
                 delta = await self._next(stream, request)
                 out.add(delta)
             return out
@@ -218,6 +222,7 @@ class EngineServer:
             kind = "invalid_request_error" if exc.invalid else "server_error"
             raise OpenAIError(400 if exc.invalid else 500, str(exc), kind) from None
         finally:
+            gone.cancel()
             await stream.aclose()
 
     async def _sse(self, builder: ResponseBuilder, out, delta, stream, include_usage: bool):

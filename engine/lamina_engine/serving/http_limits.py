@@ -126,3 +126,9 @@ class RequestReadTimeoutH11(H11Protocol):
 def read_timeout_protocol(seconds: float) -> type[RequestReadTimeoutH11]:
     """The protocol class for uvicorn.Config(http=...), with this deadline."""
     return type("RequestReadTimeoutH11", (RequestReadTimeoutH11,), {"read_timeout_s": seconds})
+
+
+async def client_gone(request) -> None:
+    """Returns when the client of a Starlette `request` has disconnected (body already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
