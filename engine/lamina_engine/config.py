@@ -79,6 +79,12 @@ class EngineConfig(BaseModel):
         description="Layer kernels: triton (fused MoE, paged attention, KV store, "
         "RMSNorm) or torch; auto = triton on CUDA, torch on CPU.",
     )
+    batch_invariant: bool = Field(
+        False,
+        description="CPU: matmul kernels whose per-row result does not depend on the batch, so "
+        "a request's greedy tokens never depend on what it is batched with; slower (a single "
+        "row costs 3.2-3.6x).",
+    )
 
     @field_validator("model")
     @classmethod

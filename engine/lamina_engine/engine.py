@@ -26,6 +26,7 @@ from lamina_engine.kv_export import KVExport, PromptKV
 from lamina_engine.kv_import import KVImport
 from lamina_engine.models import CausalLM
 from lamina_engine.models.checkpoint import checkpoint_dtype
+from lamina_engine.models.layers import set_batch_invariant
 from lamina_engine.request_output import RequestMetrics, RequestOutput
 from lamina_engine.runner.kv_cache import kv_bytes_held, kv_bytes_per_block
 from lamina_engine.runner.model_runner import ModelRunner, SequencesFailed, StepSample
@@ -63,6 +64,7 @@ class Engine:
             progress=progress,
         )
         self.kernels = set_kernels(self.model, config.kernels)  # "triton" or "torch"
+        set_batch_invariant(self.model, config.batch_invariant)
         self.tokenizer = Tokenizer.maybe_from_pretrained(config.model)
         mc = self.model.config
         self.max_model_len = min(

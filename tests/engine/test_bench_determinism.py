@@ -1,7 +1,7 @@
 """Greedy output is reproducible: the same request gives bitwise the same tokens and logprobs
 alone, batched with other requests, and in a second engine in the same process (what
-`lamina bench vs-hf --repeats` relies on). Before the CPU linear became batch-invariant, a
-request's logprobs changed with the batch it shared steps with (docs/benchmarks.md)."""
+`lamina bench vs-hf --repeats` relies on), with `batch_invariant=True`. With the default (fastest)
+CPU kernels a request's logprobs change with the batch it shares steps with (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _requests(n: int) -> list[tuple[list[int], int]]:
 
 
 def _generate(model: str, reqs, max_num_seqs: int) -> list[tuple[list[int], list[float]]]:
-    llm = LLM(model, dtype="float32", device="cpu", max_num_seqs=max_num_seqs)
+    llm = LLM(model, dtype="float32", device="cpu", max_num_seqs=max_num_seqs, batch_invariant=True)
     params = [SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True, logprobs=0)
               for _, o in reqs]  # fmt: skip
     outs = llm.generate([p for p, _ in reqs], params)

@@ -101,16 +101,17 @@ def test_paged_attention_decodes_and_chunks_match_dense(heads, kv_heads, head_di
 @pytest.mark.parametrize("threads", [1, 2])
 def test_linear_rows_do_not_depend_on_how_many_rows_share_the_call(k, n, threads):
     """Batch invariance: a row's result is bitwise the same alone, in any batch, at any offset
-    (k = 40: rows 160 bytes apart, so not every slice starts 64-byte aligned). The old choice by
-    row count (mm for 2-4 rows, oneDNN otherwise) failed this for M = 1..4."""
+    (k = 40: rows 160 bytes apart, so not every slice starts 64-byte aligned) with
+    `invariant=True` (EngineConfig.batch_invariant). The default choice by row count (mm for 2-4
+    rows, oneDNN otherwise) fails this for M = 1..4 on this CPU build."""
     g = torch.Generator().manual_seed(k + n)
     x, w, b = torch.randn(80, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        whole = linear(x, w, b)
+        whole = linear(x, w, b, invariant=True)
         for start, rows in [(0, 1), (0, 2), (3, 1), (5, 3), (1, 4), (7, 6), (0, 17), (9, 64)]:
-            got = linear(x[start : start + rows], w, b)
+            got = linear(x[start : start + rows], w, b, invariant=True)
             assert torch.equal(got, whole[start : start + rows]), (start, rows)
     finally:
         torch.set_num_threads(before)

@@ -107,6 +107,8 @@ class DecoderLayer(nn.Module):
 
 
 class CausalLM(nn.Module):
+    batch_invariant = False  # layers.set_batch_invariant (the LM head's kernel)
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -201,7 +203,7 @@ class CausalLM(nn.Module):
     @torch.no_grad()
     def compute_logits(self, hidden: Tensor) -> Tensor:  # [N, D] -> [N, V] fp32
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight).float()
+        return linear(hidden, weight, None, self.batch_invariant).float()
 
 
 def allocate_kv_caches(

@@ -13,18 +13,20 @@ from torch import Tensor, nn
 
 from lamina_engine.models.config import ModelConfig, RopeConfig
 
-# CPU matmul kernel: one kernel for every row count, so the result for a row does not depend
-# on how many other rows share the call (batch invariance). A request's rows share expert and
-# projection calls with whatever else the scheduler batched, so with a kernel chosen by row
-# count (torch.mm(w, x^T) for 2-4 rows, oneDNN otherwise, as before) the same token took
-# different summation orders in different batches and a router near-tie could flip, giving
-# different greedy tokens for the same request (docs/benchmarks.md, "Determinism").
-# oneDNN's fp32 linear (torch.ops.mkldnn._linear_pointwise, the op Inductor's CPU backend emits;
-# IEEE fp32, agreeing with F.linear to summation order) gives bitwise the same row for every
-# M >= 2 on torch 2.13's CPU build; M = 1 takes a different (gemv) kernel, so a single row is
-# computed as two (itself twice; tests/engine/test_cpu_kernels.py checks all of this). MKL's
-# F.linear and torch.mm are row-invariant only from M = 4 and M = 12 on. Cost: the few-rows mm
-# path streamed decode experts (2-4 rows) 1.2-1.9x faster than oneDNN (table in the docs).
+# CPU matmul kernel choice, measured on torch 2.13's CPU build (docs/benchmarks.md, "CPU matmul
+# kernels" and "Determinism"). A weight w [N, K] times x [M, K] rows is bound by streaming w for
+# small M. Default (fastest per M):
+# - 2 <= M <= 4 (a decode step's rows per expert): torch.mm(w, x^T), x^T a transposed view of
+#   row-major x (mm with a row-major [K, M] operand is 4x slower);
+# - otherwise oneDNN's fp32 linear (torch.ops.mkldnn._linear_pointwise, the op Inductor's CPU
+#   backend emits), 1.2-2.3x faster than F.linear from M = 6 on; for M = 1 a gemv.
+# All IEEE fp32, differing only in summation order -- but that order depends on M, so a row's
+# rounding depends on how many rows share the call, i.e. on the rest of the batch, and at a
+# router near-tie a request's greedy tokens can depend on its batch. `invariant=True`
+# (EngineConfig.batch_invariant) uses oneDNN's M >= 2 kernel for every M, which gives bitwise the
+# same row for any M (a single row runs as two): batch-invariant, but a single row costs
+# 3.2-3.6x the gemv (tests/engine/test_cpu_kernels.py checks both paths).
+_CPU_FEW_ROWS = range(2, 5)
 
 
 def _onednn_linear():
@@ -44,23 +46,42 @@ def _onednn_linear():
 _ONEDNN_LINEAR = _onednn_linear()
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear for x [M, K], weight [N, K] -> [M, N] (contiguous); on the CPU in fp32 with a
-    kernel whose per-row result does not depend on M (see above); F.linear otherwise."""
+def linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, invariant: bool = False
+) -> Tensor:
+    """F.linear for x [M, K], weight [N, K] -> [M, N] (contiguous); on the CPU the fastest
+    kernel for M, or with `invariant` one whose per-row result does not depend on M (see above);
+    F.linear itself off the CPU."""
     if x.device.type != "cpu" or x.dim() != 2:
         return F.linear(x, weight, bias)
-    if _ONEDNN_LINEAR is not None and x.dtype == weight.dtype == torch.float32:
+    onednn = _ONEDNN_LINEAR is not None and x.dtype == weight.dtype == torch.float32
+    if invariant and onednn:
         if x.shape[0] == 1:  # [1, K] -> [2, K]: the M >= 2 kernel, then keep the first row
             return _ONEDNN_LINEAR(x.expand(2, -1).contiguous(), weight, bias, "none", [], "")[:1]
         return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
+    if x.shape[0] in _CPU_FEW_ROWS:
+        out = torch.mm(weight, x.t()).t().contiguous()  # [N, M] -> [M, N]
+        return out if bias is None else out.add_(bias)
+    if onednn:
+        return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+def set_batch_invariant(model: nn.Module, on: bool) -> None:
+    """Every module of `model` that runs `linear` (Linear, MoE, CausalLM's LM head) uses the
+    batch-invariant CPU kernels when `on` (EngineConfig.batch_invariant)."""
+    for module in model.modules():
+        if hasattr(module, "batch_invariant"):
+            module.batch_invariant = on
 
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters and state-dict keys) computed by `linear`."""
 
+    batch_invariant = False  # set_batch_invariant
+
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.batch_invariant)
 
 
 class RMSNorm(nn.Module):

@@ -86,7 +86,7 @@ def route(router_logits: Tensor, top_k: int, renormalize: bool) -> tuple[Tensor,
 
 
 def experts_forward(
-    x: Tensor, weights: Tensor, ids: Tensor, w13: Tensor, w2: Tensor
+    x: Tensor, weights: Tensor, ids: Tensor, w13: Tensor, w2: Tensor, invariant: bool = False
 ) -> tuple[Tensor, Tensor]:
     """x [T, D], weights/ids [T, K], w13 [E, 2I, D], w2 [E, D, I] -> (out [T, D], counts [E]).
 
@@ -108,8 +108,8 @@ def experts_forward(
             continue
         rows = slice(start, start + n)
         start += n
-        gate, up = linear(x_sorted[rows], w13[expert]).split(two_i // 2, dim=-1)  # [n, I]
-        y_sorted[rows] = linear(F.silu(gate) * up, w2[expert])  # [n, D]
+        gate, up = linear(x_sorted[rows], w13[expert], None, invariant).split(two_i // 2, dim=-1)
+        y_sorted[rows] = linear(F.silu(gate) * up, w2[expert], None, invariant)  # [n, D]
     y_sorted.mul_(weights.reshape(-1)[order, None].to(y_sorted.dtype))
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
@@ -125,6 +125,7 @@ class MoE(nn.Module):
     """
 
     kernels = "torch"
+    batch_invariant = False  # layers.set_batch_invariant: CPU kernels whose rows ignore M
 
     def __init__(self, config: ModelConfig, stats: ExpertStats) -> None:
         super().__init__()
@@ -151,6 +152,6 @@ class MoE(nn.Module):
             out, counts = fused_experts(x, weights, ids, self.w13, self.w2)
             self.stats.record((counts > 0).sum(), bytes_per_expert)  # stays on the device
             return out
-        out, counts = experts_forward(x, weights, ids, self.w13, self.w2)
+        out, counts = experts_forward(x, weights, ids, self.w13, self.w2, self.batch_invariant)
         self.stats.record(int((counts > 0).sum()), bytes_per_expert)
         return out
