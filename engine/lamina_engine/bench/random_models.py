@@ -32,23 +32,7 @@ RANDOM_CONFIGS: dict[str, dict] = {
     ),
     # moe-bench-skewed: moe-bench's shapes and seed, its routers biased so expert popularity is
     # Zipf-like and a batch's expert coverage follows Qwen3-30B-A3B's (routing_skew.py).
-    "moe-bench-skewed": dict(
-        vocab_size=4096,
-        hidden_size=256,
-        intermediate_size=512,
-        moe_intermediate_size=256,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        num_experts=64,
-        num_experts_per_tok=4,
-        norm_topk_prob=True,
-        max_position_embeddings=16384,
-        initializer_range=0.1,
-        tie_word_embeddings=False,
-        decoder_sparse_step=1,
-    ),
+    "moe-bench-skewed": {},  # moe-bench's config, filled in below
     # vs-hf: 123M parameters (82% experts) for the throughput comparison with HF generate().
     "vs-hf": dict(
         vocab_size=16000,
@@ -86,6 +70,7 @@ RANDOM_CONFIGS: dict[str, dict] = {
         decoder_sparse_step=1,
     ),
 }
+RANDOM_CONFIGS["moe-bench-skewed"] = dict(RANDOM_CONFIGS["moe-bench"])
 
 
 # Configs whose routers get a calibrated popularity skew after initialisation.
