@@ -75,9 +75,11 @@ class NetworkPolicySpec(KubeModel):
     enabled: bool = Field(
         default=True,
         description=(
-            "Write one Ingress NetworkPolicy per pool: the router takes client traffic, prefill "
-            "and decode pods accept only the router and each other (port 8000), the managed "
-            "Redis only the prefill and decode pods (port 6379). Egress is not restricted."
+            "Write one Ingress NetworkPolicy per pool: the router takes client traffic on port "
+            "8000, prefill and decode pods accept only the router there; the internal port "
+            "8001 of every pod admits only this deployment's pods and the operator's; the "
+            "managed Redis only the prefill and decode pods (port 6379). Egress is not "
+            "restricted."
         ),
     )
     clients_from: list[NetworkPeer] = Field(
@@ -91,7 +93,7 @@ class NetworkPolicySpec(KubeModel):
         default_factory=list,
         description=(
             "Who else may reach prefill and decode pods (and the router, when clientsFrom "
-            "restricts it) on port 8000, e.g. Prometheus scraping /metrics: [{namespaceSelector: "
+            "restricts it) on their public port 8000, e.g. Prometheus scraping /metrics: [{namespaceSelector: "
             "{matchLabels: {kubernetes.io/metadata.name: monitoring}}}]. Empty: only the router "
             "and the engines (metrics are not scraped)."
         ),

@@ -14,7 +14,13 @@ from pydantic import Field, field_validator, model_validator
 
 from ..constants import DEFAULT_ENGINE_IMAGE
 from .autoscaling import AutoscalingPolicySpec
-from .common import KubeModel, LocalObjectRef, PodPlacement, ResourceRequirements
+from .common import (
+    KubeModel,
+    LocalObjectRef,
+    PodPlacement,
+    ResourceRequirements,
+    SecretKeyRef,
+)
 from .kv_transfer import KvTransferSpec
 from .network import NetworkPolicySpec
 
@@ -166,6 +172,15 @@ class RoutingSpec(KubeModel):
     )
 
 
+class ApiKeySecretRef(SecretKeyRef):
+    """The Secret key holding the API key clients must send (`Authorization: Bearer KEY`)."""
+
+    key: str = Field(
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key in the Secret's data holding the API key (no default: name it).",
+    )
+
+
 class RouterSpec(PodPlacement):
     """The OpenAI-compatible router in front of the pools."""
 
@@ -180,6 +195,16 @@ class RouterSpec(PodPlacement):
     routing: RoutingSpec = Field(default_factory=RoutingSpec, description="Routing knobs.")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
         default="ClusterIP", description="Type of the router Service (the endpoint)."
+    )
+    api_key_secret: ApiKeySecretRef | None = Field(
+        default=None,
+        description=(
+            "A Secret in this namespace holding the API key: every /v1/* request to the router "
+            "(and to an engine pod's public port) must then send `Authorization: Bearer KEY`, "
+            "else 401; /health and /metrics stay open. Pods read it by secretKeyRef (the "
+            "operator never reads it); a missing Secret or key keeps the pods from starting "
+            "(CreateContainerConfigError). Absent: no authentication on the public API."
+        ),
     )
 
 
