@@ -96,6 +96,9 @@ def check_meaning(spec: ServingDeploymentSpec, role: str, cfg: ServeConfig) -> N
     sched, speed, kv = spec.engine.scheduling, spec.engine.speed, spec.engine.kv_transfer
     claim_path = spec.model.source.removeprefix("pvc://").partition("/")[2]
     assert (cfg.role, cfg.host, cfg.port) == (role, "0.0.0.0", 8000)
+    # every pod serves its internal endpoints on 8001, behind the deployment's internal key
+    assert cfg.internal_port == 8001 and cfg.internal_key is not None
+    assert (cfg.api_key is not None) == (spec.router.api_key_secret is not None)
     assert cfg.engine.model == f"/models/{claim_path}".rstrip("/")
     assert cfg.model_name == spec.model.name
     assert (cfg.deployment, cfg.pod_name) == (OWNER.name, POD_NAME)
@@ -131,8 +134,9 @@ def check_meaning(spec: ServingDeploymentSpec, role: str, cfg: ServeConfig) -> N
         )
     if role == "router":
         r = spec.router.routing
-        assert cfg.prefill_service == f"{OWNER.name}-prefill.{OWNER.namespace}.svc:8000"
-        assert cfg.decode_service == f"{OWNER.name}-decode.{OWNER.namespace}.svc:8000"
+        # the router reaches engine pods on their internal port
+        assert cfg.prefill_service == f"{OWNER.name}-prefill.{OWNER.namespace}.svc:8001"
+        assert cfg.decode_service == f"{OWNER.name}-decode.{OWNER.namespace}.svc:8001"
         assert (cfg.prefill_picker, cfg.decode_picker) == (r.prefill_picker, r.decode_picker)
         assert cfg.disaggregation_min_prompt_tokens == r.disaggregation_min_prompt_tokens
         assert cfg.load_decay_seconds == r.load_decay_seconds
@@ -163,7 +167,8 @@ CASES = {
                 "decodePicker": "round-robin",
                 "disaggregationMinPromptTokens": 64,
                 "loadDecaySeconds": 30,
-            }
+            },
+            "apiKeySecret": {"name": "clients", "key": "token"},
         },
     },  # fmt: skip
     "SPEED by percentage": with_engine(speed={"enabled": True, "prefillLayersPercent": 75}),

@@ -30,7 +30,8 @@ LAST_APPLIED_ANNOTATION = f"{GROUP}/last-applied"  # canonical JSON of what we l
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"  # on pod templates: rolls pods on config change
 
 ROLES = ("prefill", "decode", "router")
-ENGINE_PORT = 8000
+ENGINE_PORT = 8000  # public: the OpenAI API, /health, /metrics
+INTERNAL_PORT = 8001  # pods' internal and admin endpoints (internal key required)
 REDIS_PORT = 6379
 # Service names are DNS-1035 labels (<= 63 chars); the longest suffix is "-prefill" (8).
 MAX_NAME_LENGTH = 55

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 
 from .autoscaling.autoscaler import Autoscaler
+from .builders import internal_key
 from .constants import (
     GROUP,
     MANAGED_BY,
@@ -50,7 +51,20 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: 
             logger=logger,
         )
     namespace = os.environ.get(OPERATOR_NAMESPACE_ENV) or None
-    memo.reconciler = Reconciler(client, KopfRecorder(), operator_namespace=namespace)
+    try:
+        seed = internal_key.seed_from_env()
+    except ValueError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
+    if seed is None:
+        logger.warning(
+            "%s is not set: each new ServingDeployment gets a random internal key, which this "
+            "operator cannot recompute (its drain calls to pods will be refused). The chart "
+            "sets it; by hand, export a fixed value of 32+ random bytes.",
+            internal_key.SEED_ENV,
+        )
+    memo.reconciler = Reconciler(
+        client, KopfRecorder(), operator_namespace=namespace, key_seed=seed
+    )
     memo.autoscaler = Autoscaler(client, KopfRecorder())
 
 

@@ -4,8 +4,9 @@ Before the pass used the body kopf hands it and listed each child kind once, a p
 nothing made 21 calls for the GPU example (23 with a managed Redis): a GET of the
 ServingDeployment, one GET per child, 3 more for the pools' status, and 5 lists to prune. Every
 owned-Deployment event paid the same again.
-Secrets are not listed (the operator may create them but not read them): the managed Redis
-password Secret costs one create a pass, answered 409 once it exists.
+Secrets are not listed (the operator may create them but not read them): the internal key
+Secret and the managed Redis password Secret cost one create each a pass, answered 409 once
+they exist.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ def test_no_op_pass_lists_each_child_kind_once(cluster, reconciler, sd_factory, 
     sd_factory("qwen", gpu_spec)
     body = _settled(cluster, reconciler, "qwen")
     assert reconciler.reconcile(body).actions == []
-    # The two objects the spec references are read; nothing else is, and nothing is written.
+    # The two objects the spec references are read; nothing else is, and nothing is written
+    # (the internal key Secret's create is refused: it exists).
     assert cluster.calls == [
         ("get", "Secret", "kv-redis"),
         ("get", "AutoscalingPolicy", "latency-slo"),
         *LISTS,
+        ("create", "Secret", "qwen-internal"),
     ]
 
 
@@ -51,11 +54,18 @@ def test_no_op_pass_with_managed_redis_costs_one_list_per_kind_and_a_refused_cre
 ):
     sd_factory("demo", minimal_spec)
     body = _settled(cluster, reconciler, "demo")
-    secret = cluster.get("v1", "Secret", NS, "demo-redis-auth")
+    secrets = [cluster.get("v1", "Secret", NS, f"demo-{s}") for s in ("internal", "redis-auth")]
     cluster.calls.clear()
     assert reconciler.reconcile(body).actions == []
-    assert cluster.calls == [*LISTS, ("create", "Secret", "demo-redis-auth")]
-    assert cluster.get("v1", "Secret", NS, "demo-redis-auth") == secret  # 409: left as it was
+    assert cluster.calls == [
+        *LISTS,
+        ("create", "Secret", "demo-internal"),
+        ("create", "Secret", "demo-redis-auth"),
+    ]
+    # 409: both left as they were
+    assert [cluster.get("v1", "Secret", NS, f"demo-{s}") for s in ("internal", "redis-auth")] == (
+        secrets
+    )
 
 
 def test_owned_deployment_event_costs_one_list(cluster, reconciler, sd_factory, gpu_spec):

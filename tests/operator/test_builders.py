@@ -60,8 +60,9 @@ def test_router_flags_point_at_pool_services(gpu_spec):
     args = c["args"]
     assert args[:3] == ["serve", "--role", "router"]
     flag = {args[i]: args[i + 1] for i in range(3, len(args) - 1, 2)}
-    assert flag["--prefill-service"] == "qwen-prefill.serving.svc:8000"
-    assert flag["--decode-service"] == "qwen-decode.serving.svc:8000"
+    # the pools' internal port: the router's calls to engine pods never use the public one
+    assert flag["--prefill-service"] == "qwen-prefill.serving.svc:8001"
+    assert flag["--decode-service"] == "qwen-decode.serving.svc:8001"
     assert flag["--disaggregation-min-prompt-tokens"] == "64"
     assert flag["--prefill-picker"] == "prefix-load"
 
@@ -103,7 +104,11 @@ def test_probes_and_security(gpu_spec):
     pod, c = dep["spec"]["template"]["spec"], _container(dep)
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": "http", "scheme": "HTTP"}
-    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    # probes stay on the public port; the internal one is declared second
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "internal", "containerPort": 8001, "protocol": "TCP"},
+    ]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["securityContext"] == {

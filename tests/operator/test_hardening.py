@@ -25,9 +25,9 @@ def _policies(spec_dict, operator_namespace=None):
     return {name: m for (kind, name), m in children.items() if kind == "NetworkPolicy"}
 
 
-def _sources(policy):
-    """(ports, from-peers) of a policy's single ingress rule."""
-    (rule,) = policy["spec"]["ingress"]
+def _sources(policy, port=8000):
+    """(ports, from-peers) of a policy's rule for `port` (public 8000, internal 8001, 6379)."""
+    (rule,) = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == port]
     return [p["port"] for p in rule["ports"]], rule.get("from")
 
 
@@ -54,6 +54,12 @@ def test_each_pool_gets_an_ingress_policy(minimal_spec):
         kubernetes_validate.validate(policy, "1.25", strict=True)
 
 
+ANY_OPERATOR = {
+    "namespaceSelector": {},
+    "podSelector": {"matchLabels": {"lamina.dev/operator": "true"}},
+}
+
+
 def test_router_takes_clients_engines_take_only_lamina_pods(minimal_spec):
     policies = _policies(minimal_spec)
     ports, sources = _sources(policies["qwen-router"])
@@ -62,8 +68,18 @@ def test_router_takes_clients_engines_take_only_lamina_pods(minimal_spec):
         ports, sources = _sources(policies[engine])
         assert ports == [8000]
         (peer,) = sources
-        assert _roles_allowed(peer) == {"router", "prefill", "decode"}
-    ports, sources = _sources(policies["qwen-redis"])
+        assert _roles_allowed(peer) == {"router"}  # an engine's OpenAI API is no entrance
+    for pool in ("qwen-router", "qwen-prefill", "qwen-decode"):
+        # two rules: public and internal, nothing else
+        assert sorted(r["ports"][0]["port"] for r in policies[pool]["spec"]["ingress"]) == [
+            8000,
+            8001,
+        ]
+        ports, (pods, operator) = _sources(policies[pool], 8001)
+        assert ports == [8001]
+        assert _roles_allowed(pods) == {"router", "prefill", "decode"}
+        assert operator == ANY_OPERATOR  # drain: the operator, with or without autoscaling
+    ports, sources = _sources(policies["qwen-redis"], 6379)
     (peer,) = sources
     assert ports == [6379]
     assert _roles_allowed(peer) == {"prefill", "decode"}  # not the router: it never uses Redis
@@ -78,7 +94,10 @@ def test_clients_and_monitoring_peers(minimal_spec):
     assert _sources(policies["qwen-router"])[1] == [office, prometheus]
     for engine in ("qwen-prefill", "qwen-decode"):
         assert _sources(policies[engine])[1][1:] == [prometheus]
-    assert len(_sources(policies["qwen-redis"])[1]) == 1  # Prometheus never reaches Redis
+        # monitoring reads /metrics on the public port, never the internal one
+        assert prometheus not in _sources(policies[engine], 8001)[1]
+    assert prometheus not in _sources(policies["qwen-router"], 8001)[1]
+    assert len(_sources(policies["qwen-redis"], 6379)[1]) == 1  # Prometheus never reaches Redis
     for policy in policies.values():
         kubernetes_validate.validate(policy, "1.25", strict=True)
 
@@ -108,11 +127,13 @@ def test_the_operator_is_admitted_from_its_own_namespace_only(gpu_spec):
         "podSelector": {"matchLabels": {"lamina.dev/operator": "true"}},
     }
     for engine in ("qwen-prefill", "qwen-decode"):
-        peers = _sources(policies[engine])[1]
-        assert operator in peers
-        # no peer admits labelled pods from every namespace
-        assert all(p.get("namespaceSelector") != {} for p in peers)
+        for port in (8000, 8001):
+            peers = _sources(policies[engine], port)[1]
+            assert operator in peers
+            # no peer admits labelled pods from every namespace
+            assert all(p.get("namespaceSelector") != {} for p in peers)
         kubernetes_validate.validate(policies[engine], "1.25", strict=True)
+    assert operator in _sources(policies["qwen-router"], 8001)[1]
 
 
 def test_policies_can_be_turned_off_and_follow_managed_redis(minimal_spec, gpu_spec):

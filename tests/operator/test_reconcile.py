@@ -46,7 +46,7 @@ def test_first_pass_creates_children_second_writes_nothing(
     assert outcome.problems == []
     created = sorted((a.kind, a.name) for a in outcome.actions)
     assert created == sorted(
-        [("ConfigMap", "qwen-engine")]
+        [("ConfigMap", "qwen-engine"), ("Secret", "qwen-internal")]
         + [(k, f"qwen-{r}") for r in ("prefill", "decode", "router")
            for k in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy")]
     )  # fmt: skip

@@ -93,7 +93,8 @@ def test_default_rbac_reconciles_a_managed_redis_and_keeps_its_password(
     again = reconciler.reconcile(body)
     assert again.problems == [] and again.actions == []
     assert [c for c in cluster.calls if c[1] == "Secret"] == [
-        ("create", "Secret", "demo-redis-auth")
+        ("create", "Secret", "demo-internal"),
+        ("create", "Secret", "demo-redis-auth"),
     ]
     assert _password(cluster, "demo") == password
 

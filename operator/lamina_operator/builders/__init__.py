@@ -13,6 +13,7 @@ from ..api import ServingDeploymentSpec
 from ..constants import ROLES
 from .config import build_config_map, config_hash, engine_env
 from .engine import build_pool_deployment, engine_args
+from .internal_key import build_internal_secret, derive, fingerprint, random_key
 from .names import Owner, child_name, labels, selector_labels
 from .network import build_pdb, build_service
 from .policies import build_network_policies, build_network_policy
@@ -48,16 +49,28 @@ class BuildContext:
     operator_namespace: str | None = None
     # Used only if the managed Redis Secret has to be created; an existing one is kept as is.
     redis_password: str = field(default_factory=generate_password, repr=False)
+    # The operator's LAMINA_OPERATOR_KEY_SEED: internal keys are derived from it. None: a new
+    # deployment's Secret gets `internal_key_fallback`, kept as is afterwards (internal_key.py).
+    key_seed: bytes | None = field(default=None, repr=False)
+    internal_key_fallback: str = field(default_factory=random_key, repr=False)
+
+    def internal_key(self, owner: Owner) -> tuple[str, str | None]:
+        """(the key a new `<name>-internal` Secret gets, its fingerprint or None unseeded)."""
+        if self.key_seed is None:
+            return self.internal_key_fallback, None
+        key = derive(self.key_seed, owner.namespace, owner.name, owner.uid)
+        return key, fingerprint(key)
 
 
 def build_children(
     owner: Owner, spec: ServingDeploymentSpec, ctx: BuildContext | None = None
 ) -> list[Desired]:
-    """Every child, in creation order: config and Redis first, then pools, Services, PDBs,
-    NetworkPolicies."""
+    """Every child, in creation order: config, internal key and Redis first, then pools,
+    Services, PDBs, NetworkPolicies."""
     ctx = ctx or BuildContext()
     config_map = build_config_map(owner, spec)
-    out = [Desired(config_map)]
+    key, key_fingerprint = ctx.internal_key(owner)
+    out = [Desired(config_map), Desired(build_internal_secret(owner, key), create_only=True)]
     if spec.engine.kv_transfer.managed_redis:
         out += [
             Desired(build_redis_secret(owner, ctx.redis_password), create_only=True),
@@ -66,7 +79,8 @@ def build_children(
         ]
     digest = config_hash(config_map)
     for role in ROLES:
-        out.append(Desired(build_pool_deployment(owner, spec, role, digest)))
+        deployment = build_pool_deployment(owner, spec, role, digest, key_fingerprint)
+        out.append(Desired(deployment))
         out.append(Desired(build_service(owner, spec, role)))
         out.append(Desired(build_pdb(owner, role, ctx.pdb_api_version)))
     policies = build_network_policies(owner, spec, ctx.operator_namespace)
@@ -80,6 +94,7 @@ __all__ = [
     "Owner",
     "build_children",
     "build_config_map",
+    "build_internal_secret",
     "build_network_policies",
     "build_network_policy",
     "build_pdb",

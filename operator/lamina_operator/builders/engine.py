@@ -3,8 +3,13 @@
 Command line of every role (flags the engine's `lamina serve` accepts):
     lamina serve --role prefill|decode|router --model M
                  --served-model-name NAME --host 0.0.0.0 --port 8000 [router flags] [extraArgs]
-Router flags: --prefill-service HOST:PORT --decode-service HOST:PORT --prefill-picker P
+Router flags: --prefill-service HOST:8001 --decode-service HOST:8001 --prefill-picker P
               --decode-picker D --disaggregation-min-prompt-tokens N --load-decay-seconds S
+(the router reaches engine pods on their internal port, through the headless pool Services).
+Every role also gets, in its container env: LAMINA_INTERNAL_PORT=8001 and LAMINA_INTERNAL_KEY
+from Secret `<name>-internal` (internal_key.py), and, with spec.router.apiKeySecret,
+LAMINA_API_KEY from that Secret: on the router, and on engine pods too, whose public port
+serves the OpenAI API as well (unified mode) and must not be a way around the key.
 Everything else comes from the engine ConfigMap as LAMINA_* variables (see config.py); each
 flag and variable is a setting of the engine's ServeConfig, and
 tests/test_operator_engine_contract.py parses what these builders write with the engine's CLI.
@@ -16,13 +21,15 @@ from typing import Any
 
 from ..api import ServingDeploymentSpec
 from ..api.common import PodPlacement
-from ..constants import CONFIG_HASH_ANNOTATION, ENGINE_PORT
+from ..constants import CONFIG_HASH_ANNOTATION, ENGINE_PORT, INTERNAL_PORT
 from . import pods
 from .config import password_secret, redis_ca_volume
+from .internal_key import FINGERPRINT_ANNOTATION, SECRET_KEY
 from .names import (
     Owner,
     child_name,
     config_map_name,
+    internal_secret_name,
     labels,
     metadata,
     selector_labels,
@@ -49,8 +56,8 @@ def engine_args(owner: Owner, spec: ServingDeploymentSpec, role: str) -> list[st
     if role == "router":
         routing = spec.router.routing
         args += [
-            "--prefill-service", f"{service_host(owner, 'prefill')}:{ENGINE_PORT}",
-            "--decode-service", f"{service_host(owner, 'decode')}:{ENGINE_PORT}",
+            "--prefill-service", f"{service_host(owner, 'prefill')}:{INTERNAL_PORT}",
+            "--decode-service", f"{service_host(owner, 'decode')}:{INTERNAL_PORT}",
             "--prefill-picker", routing.prefill_picker,
             "--decode-picker", routing.decode_picker,
             "--disaggregation-min-prompt-tokens", str(routing.disaggregation_min_prompt_tokens),
@@ -63,10 +70,32 @@ def _placement(spec: ServingDeploymentSpec, role: str) -> PodPlacement:
     return {"prefill": spec.prefill, "decode": spec.decode, "router": spec.router}[role]
 
 
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def auth_env(owner: Owner, spec: ServingDeploymentSpec) -> list[dict[str, Any]]:
+    """The internal port and key, and the public API key when the spec names one."""
+    env = [
+        {"name": "LAMINA_INTERNAL_PORT", "value": str(INTERNAL_PORT)},
+        _secret_env("LAMINA_INTERNAL_KEY", internal_secret_name(owner), SECRET_KEY),
+    ]
+    ref = spec.router.api_key_secret
+    if ref is not None:
+        env.append(_secret_env("LAMINA_API_KEY", ref.name, ref.key))
+    return env
+
+
 def build_pool_deployment(
-    owner: Owner, spec: ServingDeploymentSpec, role: str, config_hash: str
+    owner: Owner,
+    spec: ServingDeploymentSpec,
+    role: str,
+    config_hash: str,
+    internal_key_fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """The Deployment of one role. `config_hash` is the engine ConfigMap's hash (rolls pods)."""
+    """The Deployment of one role. `config_hash` is the engine ConfigMap's hash and
+    `internal_key_fingerprint` the internal key's (internal_key.py): either changing rolls pods.
+    """
     placement = _placement(spec, role)
     is_engine = role != "router"
     _, model_volume = pods.model_location(spec.model.source)
@@ -85,24 +114,28 @@ def build_pool_deployment(
         "imagePullPolicy": spec.engine.image_pull_policy,
         "command": ["lamina"],
         "args": engine_args(owner, spec, role),
-        "ports": [{"name": "http", "containerPort": ENGINE_PORT, "protocol": "TCP"}],
+        # `http` first: the autoscaler reads /metrics on a pod's first port.
+        "ports": [
+            {"name": "http", "containerPort": ENGINE_PORT, "protocol": "TCP"},
+            {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"},
+        ],
         "envFrom": [{"configMapRef": {"name": config_map_name(owner)}}],
-        "env": pods.base_env(password) + pods.user_env(placement),
+        "env": pods.base_env(password) + auth_env(owner, spec) + pods.user_env(placement),
         "resources": pods.resources(placement, defaults),
         **pods.probes(ENGINE_STARTUP_SECONDS if is_engine else ROUTER_STARTUP_SECONDS),
         "securityContext": pods.container_security_context(),
         "volumeMounts": mounts,
     }
+    annotations = {
+        CONFIG_HASH_ANNOTATION: config_hash,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(ENGINE_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    if internal_key_fingerprint is not None:
+        annotations[FINGERPRINT_ANNOTATION] = internal_key_fingerprint
     template = {
-        "metadata": {
-            "labels": labels(owner, role, role),
-            "annotations": {
-                CONFIG_HASH_ANNOTATION: config_hash,
-                "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(ENGINE_PORT),
-                "prometheus.io/path": "/metrics",
-            },
-        },
+        "metadata": {"labels": labels(owner, role, role), "annotations": annotations},
         "spec": {
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,

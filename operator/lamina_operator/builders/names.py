@@ -40,7 +40,8 @@ class Owner:
 
 
 def child_name(owner: Owner, suffix: str) -> str:
-    """`<deployment>-prefill`, `-decode`, `-router`, `-engine`, `-redis`, `-redis-auth`."""
+    """`<deployment>-prefill`, `-decode`, `-router`, `-engine`, `-redis`, `-redis-auth`,
+    `-internal`."""
     return f"{owner.name}-{suffix}"
 
 
@@ -50,6 +51,11 @@ def config_map_name(owner: Owner) -> str:
 
 def redis_secret_name(owner: Owner) -> str:
     return child_name(owner, "redis-auth")
+
+
+def internal_secret_name(owner: Owner) -> str:
+    """Secret holding the deployment's internal key (builders/internal_key.py), key `key`."""
+    return child_name(owner, "internal")
 
 
 def service_host(owner: Owner, suffix: str) -> str:

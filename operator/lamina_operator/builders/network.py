@@ -1,7 +1,9 @@
 """Services and PodDisruptionBudgets of the pools.
 
 - `<name>-router`: the endpoint (ClusterIP by default), port 8000 named http.
-- `<name>-prefill`, `<name>-decode`: headless, so the router resolves every ready pod's IP.
+- `<name>-prefill`, `<name>-decode`: headless, so the router resolves every ready pod's IP; it
+  calls them on the internal port 8001 (its --prefill-service/--decode-service name
+  `<service>:8001`), which these Services list first; 8000 (http) stays listed for port-forwards.
 - PDBs allow one voluntary disruption at a time per pool (replica-independent, so scaling a
   pool never rewrites its PDB). policy/v1 where served, policy/v1beta1 on Kubernetes < 1.21.
 """
@@ -11,16 +13,23 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import ServingDeploymentSpec
-from ..constants import ENGINE_PORT
+from ..constants import ENGINE_PORT, INTERNAL_PORT
 from .names import Owner, child_name, metadata, selector_labels
 
 
 def build_service(owner: Owner, spec: ServingDeploymentSpec, role: str) -> dict[str, Any]:
-    port = {"name": "http", "port": ENGINE_PORT, "targetPort": "http", "protocol": "TCP"}
-    service_spec: dict[str, Any] = {"selector": selector_labels(owner, role), "ports": [port]}
+    http = {"name": "http", "port": ENGINE_PORT, "targetPort": "http", "protocol": "TCP"}
+    service_spec: dict[str, Any] = {"selector": selector_labels(owner, role), "ports": [http]}
     if role == "router":
         service_spec["type"] = spec.router.service_type
     else:
+        internal = {
+            "name": "internal",
+            "port": INTERNAL_PORT,
+            "targetPort": "internal",
+            "protocol": "TCP",
+        }
+        service_spec["ports"] = [internal, http]
         service_spec["clusterIP"] = "None"
         service_spec["publishNotReadyAddresses"] = False
     return {

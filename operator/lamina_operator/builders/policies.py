@@ -1,17 +1,23 @@
 """Ingress NetworkPolicies of a ServingDeployment, one per pool (`<name>-<role>`).
 
-- router: port 8000 from anyone, or, when `clientsFrom` is set, from those clients plus the
-  readers of its /metrics (below): the SLO alerts and the autoscaler's TTFT/TBT come from the
-  router, so restricting clients must not cut them off.
-- prefill, decode: port 8000 from this deployment's router, prefill and decode pods only, plus
-  the readers of /metrics: `monitoringFrom` (Prometheus) and, when autoscaling is on, the
+Every Lamina pod has a public port 8000 (the OpenAI API, /health, /metrics) and an internal
+port 8001 (the router's calls to engine pods, KV aborts, load reports, drain; each call needs
+the deployment's internal key). Each pool's policy has one rule per port:
+- internal 8001, every pool: from this deployment's router, prefill and decode pods, and the
   Lamina operator's pods (label lamina.dev/operator=true) in the operator's namespace, known
   from LAMINA_OPERATOR_NAMESPACE (the chart sets it; without it, any namespace: then any pod
-  carrying that label gets in). Other workloads never reach the internal prefill endpoint.
+  carrying that label gets in, and still needs the key).
+- router, public 8000: from anyone, or, when `clientsFrom` is set, from those clients plus the
+  readers of its /metrics (below): the SLO alerts and the autoscaler's TTFT/TBT come from the
+  router, so restricting clients must not cut them off.
+- prefill, decode, public 8000: from this deployment's router only (an engine pod's OpenAI API
+  is not an entrance), plus the readers of /metrics: `monitoringFrom` (Prometheus) and, when
+  autoscaling is on, the operator's pods.
 - redis (managed): port 6379 from this deployment's prefill and decode pods only; the router
   never talks to Redis.
 Only Ingress is isolated: engines still reach DNS, the API of a model store, and an external
-Redis. Kubelet probes come from the node, which CNIs that enforce NetworkPolicy allow.
+Redis. Kubelet probes (GET /health on 8000) come from the node, which CNIs that enforce
+NetworkPolicy allow.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..api import ServingDeploymentSpec
 from ..constants import (
     DEPLOYMENT_LABEL,
     ENGINE_PORT,
+    INTERNAL_PORT,
     OPERATOR_POD_LABEL,
     REDIS_PORT,
     ROLE_LABEL,
@@ -29,10 +36,12 @@ from ..constants import (
 from .names import Owner, child_name, metadata, selector_labels
 
 ENGINE_ROLES = ("prefill", "decode")
-# Who may open connections to each component, by role, within one deployment.
+POOL_ROLES = ("router", *ENGINE_ROLES)
+# Who may open connections to each component's public port (or Redis's), by role, within one
+# deployment; the router's public port takes clients. Every pool's internal port: POOL_ROLES.
 PEERS = {
-    "prefill": ("router", "prefill", "decode"),
-    "decode": ("router", "prefill", "decode"),
+    "prefill": ("router",),
+    "decode": ("router",),
     "redis": ENGINE_ROLES,
 }
 
@@ -60,7 +69,7 @@ def _pods_of(owner: Owner, roles: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def _policy(owner: Owner, component: str, rule: dict[str, Any]) -> dict[str, Any]:
+def _policy(owner: Owner, component: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -68,7 +77,7 @@ def _policy(owner: Owner, component: str, rule: dict[str, Any]) -> dict[str, Any
         "spec": {
             "podSelector": {"matchLabels": selector_labels(owner, component)},
             "policyTypes": ["Ingress"],
-            "ingress": [rule],
+            "ingress": rules,
         },
     }
 
@@ -88,7 +97,13 @@ def build_network_policy(
         rule["from"] = [_pods_of(owner, PEERS[role])]
         if role in ENGINE_ROLES:
             rule["from"] += _metrics_readers(spec, operator_namespace)
-    return _policy(owner, role, rule)
+    if role == "redis":
+        return _policy(owner, role, [rule])
+    internal = {
+        "ports": [{"protocol": "TCP", "port": INTERNAL_PORT}],
+        "from": [_pods_of(owner, POOL_ROLES), operator_peer(operator_namespace)],
+    }
+    return _policy(owner, role, [rule, internal])
 
 
 def _metrics_readers(
@@ -108,7 +123,7 @@ def build_network_policies(
     """Every policy the spec wants: none when networkPolicy.enabled is false."""
     if not spec.network_policy.enabled:
         return []
-    roles = ["router", *ENGINE_ROLES]
+    roles = list(POOL_ROLES)
     if spec.engine.kv_transfer.managed_redis:
         roles.append("redis")
     return [build_network_policy(owner, spec, role, operator_namespace) for role in roles]

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from ..builders import BuildContext, Owner, build_children
-from ..constants import API_VERSION, DEPLOYMENT_LABEL, SERVING_KIND
+from ..builders import BuildContext, Owner, build_children, internal_key
+from ..builders.names import internal_secret_name
+from ..constants import API_VERSION, DEPLOYMENT_LABEL, ROLES, SERVING_KIND
 from ..kube import KubeClient
 from .apply import Action, ApplyResult, apply_children, prune_children
 from .checks import Problem, check_name, check_references, parse_spec
@@ -64,11 +65,13 @@ class Reconciler:
         recorder: EventRecorder,
         clock: Callable[[], str] = utc_now,
         operator_namespace: str | None = None,
+        key_seed: bytes | None = None,
     ):
         self.client = client
         self.recorder = recorder
         self.clock = clock
         self.operator_namespace = operator_namespace
+        self.key_seed = key_seed  # LAMINA_OPERATOR_KEY_SEED (builders/internal_key.py)
         self._pdb_api_version: str | None = None
 
     def build_context(self) -> BuildContext:
@@ -77,16 +80,19 @@ class Reconciler:
             served = self.client.serves("policy/v1")
             self._pdb_api_version = "policy/v1" if served else "policy/v1beta1"
         return BuildContext(
-            pdb_api_version=self._pdb_api_version, operator_namespace=self.operator_namespace
+            pdb_api_version=self._pdb_api_version,
+            operator_namespace=self.operator_namespace,
+            key_seed=self.key_seed,
         )
 
     def reconcile(self, body: dict[str, Any]) -> Outcome:
         """One pass over a ServingDeployment as kopf handed it (its body is not read again).
 
-        API calls when nothing changed: one list per child kind (5), a create of the managed
-        Redis password Secret answered 409 (it is not listed: the operator may not read
-        Secrets), plus a GET of each object the spec references (the Redis password or TLS
-        Secret where the operator may read Secrets, the AutoscalingPolicy).
+        API calls when nothing changed: one list per child kind (5), a create of the internal
+        key Secret and of the managed Redis password Secret, each answered 409 (Secrets are
+        not listed: the operator may not read them), plus a GET of each object the spec
+        references (the Redis password or TLS Secret where the operator may read Secrets, the
+        AutoscalingPolicy).
         """
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
@@ -103,7 +109,9 @@ class Reconciler:
             ctx = self.build_context()
             children = Children.listed(self.client, owner, ctx.pdb_api_version)
             desired = build_children(owner, spec, ctx)
+            rotated = self._drop_stale_internal_key(owner, ctx, children)
             result = apply_children(self.client, owner, desired, children)
+            result.actions[:0] = rotated
             problems += [
                 Problem(
                     "NameConflict",
@@ -151,6 +159,19 @@ class Reconciler:
         status = compute_status(body, spec, [], self._pools(owner, spec, children), self.clock())
         self._write_status(body, status)
         return Outcome(found=True, status=status)
+
+    def _drop_stale_internal_key(
+        self, owner: Owner, ctx: BuildContext, children: Children
+    ) -> list[Action]:
+        """The seed changed since the pools were made: their Secret holds the old key. Delete
+        it, so this pass creates it with the new key before the pools roll to it."""
+        _, want = ctx.internal_key(owner)
+        pools = [children.deployment(owner, role) for role in ROLES]
+        if want is None or not internal_key.stale(pools, want):
+            return []
+        name = internal_secret_name(owner)
+        self.client.delete("v1", "Secret", owner.namespace, name)
+        return [Action("Deleted", "Secret", name)]
 
     def _list_deployments(self, owner: Owner) -> Children:
         children = Children()
