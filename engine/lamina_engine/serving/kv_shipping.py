@@ -22,8 +22,9 @@ import torch
 
 from lamina_engine.core.speed_layout import SpeedLayout
 from lamina_engine.serving.config import ServeConfig
-from lamina_engine.transfer import KVMeta, KVTransferError, KVTransport, decode_kv, encode_kv
-from lamina_engine.transfer.errors import KVCorrupt, KVTimeout
+from lamina_engine.serving.kv_progress import ProgressWatch
+from lamina_engine.transfer import KVMeta, KVTransport, decode_kv, encode_kv
+from lamina_engine.transfer.errors import KVCorrupt, KVTimeout, PrefillFailed
 
 MAX_GROUPS = 1024  # a stream that never flags `last` is corrupt, not endless
 
@@ -109,10 +110,6 @@ class KVGroup:
         return self.first_token is not None
 
 
-class PrefillFailed(KVTransferError):
-    """The router reported that this KV's prefill failed: the rest of it will never come."""
-
-
 async def receive(
     transport: KVTransport,
     request_id: str,
@@ -124,51 +121,73 @@ async def receive(
 ) -> AsyncIterator[KVGroup]:
     """Yield the request's groups 0, 1, ... one by one as each arrives, ending with the one
     flagged last (it carries the first token). All of them share one deadline; `abort` set
-    (the router's notice) stops the wait with PrefillFailed. `speed` is this decode pod's
-    SPEED layout: groups from its K on hold the full-depth prompt tokens only. A group that
-    does not match the prompt raises KVCorrupt; the groups yielded before it stay valid."""
+    (the router's notice) stops the wait with PrefillFailed, and where the transport keeps the
+    prefill's progress notices a ProgressWatch ends it as soon as they show the KV will not
+    come (KVStalled, KVLost; serving/kv_progress.py). `speed` is this decode pod's SPEED
+    layout: groups from its K on hold the full-depth prompt tokens only. A group that does not
+    match the prompt raises KVCorrupt; the groups yielded before it stay valid."""
     k = None if speed is None else speed.prefill_layers
     full = None if speed is None else speed.num_upper(num_prompt_tokens, num_prompt_tokens)
     end = time.monotonic() + deadline_s
-    for g in range(MAX_GROUPS):
-        remaining = end - time.monotonic()
-        if remaining <= 0:
-            raise KVTimeout(f"KV of request {request_id!r} incomplete after {deadline_s:.1f} s")
-        blob = await _unless_aborted(transport.wait_group(request_id, g, remaining), abort)
-        arrived = time.perf_counter()
-        # checksumming a large blob takes milliseconds: keep it off the event loop
-        meta, tensor = await asyncio.to_thread(decode_kv, blob)
-        upper = k is not None and meta.layer_start >= k
-        want = full if upper else num_prompt_tokens
-        if meta.token_start != 0 or meta.num_tokens != want:
-            what = "SPEED full-depth prompt tokens" if upper else "prompt tokens"
-            raise KVCorrupt(
-                f"KV group {g} of {request_id!r} (layers from {meta.layer_start}) holds tokens "
-                f"[{meta.token_start}, {meta.token_start + meta.num_tokens}), the {what} here "
-                f"are {want}; do the prefill and decode pods run the same SPEED setting?"
-            )
-        if meta.dtype != dtype:
-            raise KVCorrupt(f"KV group {g} is {meta.dtype}, this decode pod runs {dtype}")
-        if meta.last and meta.first_token is None:
-            raise KVCorrupt(f"the last KV group of {request_id!r} carries no first token")
-        first = meta.first_token if meta.last else None
-        yield KVGroup(meta.layer_start, tensor, len(blob), arrived, first)
-        if meta.last:
-            return
-    raise KVCorrupt(f"KV of request {request_id!r} never flagged its last group")
-
-
-async def _unless_aborted(waiting: Awaitable[bytes], abort: asyncio.Event | None) -> bytes:
-    """`await waiting`, unless `abort` is set first (then PrefillFailed)."""
-    if abort is None:
-        return await waiting
-    task, notice = asyncio.ensure_future(waiting), asyncio.ensure_future(abort.wait())
+    watch = ProgressWatch(transport, request_id) if transport.tracks_progress else None
+    verdict = None if watch is None else asyncio.ensure_future(watch.run())
     try:
-        await asyncio.wait({task, notice}, return_when=asyncio.FIRST_COMPLETED)
+        for g in range(MAX_GROUPS):
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise KVTimeout(f"KV of request {request_id!r} incomplete after {deadline_s:.1f} s")
+            waiting = transport.wait_group(request_id, g, remaining)
+            blob = await _first_of(waiting, abort, verdict)
+            arrived = time.perf_counter()
+            # checksumming a large blob takes milliseconds: keep it off the event loop
+            meta, tensor = await asyncio.to_thread(decode_kv, blob)
+            upper = k is not None and meta.layer_start >= k
+            want = full if upper else num_prompt_tokens
+            if meta.token_start != 0 or meta.num_tokens != want:
+                what = "SPEED full-depth prompt tokens" if upper else "prompt tokens"
+                raise KVCorrupt(
+                    f"KV group {g} of {request_id!r} (layers from {meta.layer_start}) holds "
+                    f"tokens [{meta.token_start}, {meta.token_start + meta.num_tokens}), the "
+                    f"{what} here are {want}; do the prefill and decode pods run the same SPEED "
+                    "setting?"
+                )
+            if meta.dtype != dtype:
+                raise KVCorrupt(f"KV group {g} is {meta.dtype}, this decode pod runs {dtype}")
+            if meta.last and meta.first_token is None:
+                raise KVCorrupt(f"the last KV group of {request_id!r} carries no first token")
+            if watch is not None:
+                watch.received = g + 1
+            first = meta.first_token if meta.last else None
+            yield KVGroup(meta.layer_start, tensor, len(blob), arrived, first)
+            if meta.last:
+                return
+        raise KVCorrupt(f"KV of request {request_id!r} never flagged its last group")
+    finally:
+        if verdict is not None:
+            verdict.cancel()
+            if verdict.done() and not verdict.cancelled():
+                verdict.exception()  # retrieved: a verdict nobody raced needs no log line
+
+
+async def _first_of(
+    waiting: Awaitable[bytes], abort: asyncio.Event | None, verdict: asyncio.Future | None
+) -> bytes:
+    """`await waiting`, unless `abort` is set first (then PrefillFailed) or the progress watch
+    gives its verdict first (its error)."""
+    if abort is None and verdict is None:
+        return await waiting
+    task = asyncio.ensure_future(waiting)
+    notice = None if abort is None else asyncio.ensure_future(abort.wait())
+    try:
+        await asyncio.wait({task} | {f for f in (notice, verdict) if f is not None},
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
     finally:  # also when we are cancelled ourselves: leave nothing running
-        notice.cancel()
+        if notice is not None:
+            notice.cancel()
         if not task.done():
             task.cancel()
     if task.done() and not task.cancelled():
         return task.result()  # a group that made it is still good; the next wait will stop
+    if verdict is not None and verdict.done():
+        raise verdict.exception()
     raise PrefillFailed("the router reported that the prefill failed; recomputing the prompt")

@@ -4,6 +4,8 @@ The engine thread hands over each layer group's KV (CPU tensor) the moment it ex
 `ship`; each becomes a put on the event loop while the engine goes on with the next group. The
 request's answer waits for every put, and reports the exposed transfer time: from the last
 group computed to the last put done (docs/design.md §3.7: about 1/G of the whole transfer).
+Meanwhile the request's progress notice (serving/kv_progress.py) tells the decode pod that
+this prefill is alive and how many groups it has put.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from lamina_engine.request_output import RequestOutput
 from lamina_engine.sampling_params import SamplingParams
 from lamina_engine.serving import kv_shipping
 from lamina_engine.serving.async_engine import AsyncEngine, RequestFailed
+from lamina_engine.serving.kv_progress import ProgressNotices
 from lamina_engine.serving.metrics import ServerMetrics
 from lamina_engine.serving.protocol import OpenAIError
 from lamina_engine.transfer import KVTransferError, KVTransport
@@ -32,6 +35,7 @@ class PrefillShipper:
         self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
         self.loop = asyncio.get_running_loop()
         self._puts: dict[str, list[asyncio.Future]] = {}  # engine request id -> its puts
+        self._notices: dict[str, ProgressNotices] = {}  # engine request id -> its notice
 
     def ship(self, rid: str, group: int, layer_start: int, kv: torch.Tensor, first_token) -> None:
         """Called on the engine thread; the put starts on the event loop."""
@@ -49,6 +53,9 @@ class PrefillShipper:
             self.num_kv_heads, self.head_dim,
         )  # fmt: skip
         end = time.perf_counter()
+        notices = self._notices.get(rid)
+        if notices is not None:
+            notices.put_done(group)
         self.metrics.kv_group_bytes.labels(self.metrics.role, str(group)).inc(nbytes)
         return nbytes, end - start, end
 
@@ -59,8 +66,11 @@ class PrefillShipper:
         rid = PREFIX + handle
         puts: list[asyncio.Future] = []
         self._puts[rid] = puts
+        notices = self._notices[rid] = ProgressNotices(self.transport, handle)
         out = RequestOutput(rid, None, ids)
+        results: list = []
         try:
+            await notices.start()
             async for delta in ae.generate(rid, ids, params):
                 out.add(delta)
             computed = time.perf_counter()
@@ -69,6 +79,9 @@ class PrefillShipper:
             raise OpenAIError(400 if exc.invalid else 500, str(exc)) from None
         finally:
             self._puts.pop(rid, None)
+            self._notices.pop(rid, None)
+            ok = bool(results) and not any(isinstance(r, BaseException) for r in results)
+            await notices.finish(ok)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             kind = "kv_transfer_error" if isinstance(failed[0], KVTransferError) else "server_error"

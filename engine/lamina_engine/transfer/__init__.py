@@ -1,7 +1,7 @@
 """KV transfer between prefill and decode pods (docs/design.md §3.7).
 
     wire.py           encode_kv / decode_kv: one (request, layer group) as a checksummed blob
-    base.py           KVTransport interface, KVReadiness, TransferStats, key names
+    base.py           KVTransport interface, KVReadiness, KVProgress, TransferStats, keys
     redis_backend.py  RedisKVTransport (default), configured by RedisTransportConfig
     local_backend.py  LocalKVTransport (in-process, for tests and single-process runs)
     errors.py         KVTransferError and its kinds: the decode side recomputes on any of them
@@ -10,10 +10,12 @@ The Redis backend is imported lazily so the wire format and the local backend wo
 redis-py installed.
 """
 
-from lamina_engine.transfer.base import KVReadiness, KVTransport, TransferStats
+from lamina_engine.transfer.base import KVProgress, KVReadiness, KVTransport, TransferStats
 from lamina_engine.transfer.errors import (
     KVCorrupt,
+    KVLost,
     KVMissing,
+    KVStalled,
     KVTimeout,
     KVTransferError,
     KVTransportError,
@@ -23,9 +25,12 @@ from lamina_engine.transfer.wire import KVMeta, decode_kv, encode_kv, read_heade
 
 __all__ = [
     "KVCorrupt",
+    "KVLost",
     "KVMeta",
     "KVMissing",
+    "KVProgress",
     "KVReadiness",
+    "KVStalled",
     "KVTimeout",
     "KVTransferError",
     "KVTransport",

@@ -10,6 +10,12 @@ KVTransferError, on which the decode side recomputes the prefill.
 Keys (docs/design.md §3.7), `{prefix}` defaulting to "lamina":
     {prefix}:kv:{deployment}:{request_id}:g{group}         the blob (or :p{i} parts of it), TTL
     {prefix}:kvready:{deployment}:{request_id}             readiness stream, one entry per group
+    {prefix}:kvprogress:{deployment}:{request_id}          the prefill's progress notice, TTL
+
+Progress notices (serving/kv_progress.py) let the decode side tell a slow prefill from a dead
+one or a store that lost the KV: the prefill keeps a short-lived notice alive while it works
+on the request, and the decode side reads it with `progress`. A backend that does not keep
+notices leaves `tracks_progress` False; its readers wait out their deadline instead.
 """
 
 from __future__ import annotations
@@ -53,6 +59,24 @@ class KVReadiness:
             last_group=None if last is None else last.group,
             first_token=None if last is None else last.first_token,
         )
+
+
+PROGRESS_STATES = ("working", "shipped", "failed")
+
+
+@dataclass(frozen=True)
+class KVProgress:
+    """What the store holds about one request's KV right now (`KVTransport.progress`).
+
+    `state`, `groups` and `ttl_left_s` are the prefill's notice, all None once it is gone
+    (expired, deleted, or never written): "working" while it computes and ships (renewed),
+    "shipped" once every group is put, "failed" when it gave up; `groups` = how many leading
+    groups [0, groups) it has put. `announced` = the groups in the readiness record."""
+
+    state: str | None
+    groups: int | None
+    ttl_left_s: float | None  # seconds until the store drops the notice
+    announced: tuple[int, ...]
 
 
 @dataclass
@@ -109,6 +133,14 @@ def check_first_token(first_token: int | None) -> None:
         raise ValueError(f"first_token must be a token id >= 0 or None, got {first_token!r}")
 
 
+def check_progress(state: str, groups: int, ttl_s: float | None) -> None:
+    if state not in PROGRESS_STATES:
+        raise ValueError(f"progress state must be one of {PROGRESS_STATES}, got {state!r}")
+    check_group(groups)
+    if ttl_s is not None:
+        check_deadline(ttl_s)
+
+
 def check_deadline(deadline_s: float) -> None:
     if not (isinstance(deadline_s, (int, float)) and math.isfinite(deadline_s)) or deadline_s < 0:
         raise ValueError(f"deadline_s must be a finite number of seconds >= 0, got {deadline_s!r}")
@@ -134,6 +166,24 @@ class KVTransport(ABC):
 
     def ready_key(self, request_id: str) -> str:
         return f"{self.key_prefix}:kvready:{self.deployment}:{request_id}"
+
+    def progress_key(self, request_id: str) -> str:
+        return f"{self.key_prefix}:kvprogress:{self.deployment}:{request_id}"
+
+    tracks_progress = False  # True where note_progress / progress are implemented
+
+    async def note_progress(
+        self, request_id: str, state: str, groups: int, ttl_s: float | None, create: bool
+    ) -> None:
+        """Set the prefill's progress notice of `request_id` (see KVProgress) for `ttl_s`
+        seconds (None: as long as the readiness record lives). `create=False` only replaces a
+        notice that is still there: one the decode side deleted, or a store flushed, stays
+        gone. A backend without notices ignores the call."""
+        return None
+
+    async def progress(self, request_id: str) -> KVProgress:
+        """The notice and the announced groups of `request_id`, read at once (no wait)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no progress notices")
 
     @abstractmethod
     async def put(

@@ -26,3 +26,15 @@ class KVTimeout(KVTransferError):
 
 class KVTransportError(KVTransferError):
     """The transport itself failed: the store is unreachable, refused AUTH, or timed out."""
+
+
+class KVStalled(KVTimeout):
+    """The prefill stopped giving progress notices (frozen, dead, or never got the request)."""
+
+
+class KVLost(KVMissing):
+    """The store dropped KV or a progress notice before its time (FLUSHALL, eviction, restart)."""
+
+
+class PrefillFailed(KVTransferError):
+    """The prefill of this KV failed (its own notice, or the router's): the rest never comes."""

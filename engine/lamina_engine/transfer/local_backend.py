@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass, field
 
 from lamina_engine.transfer.base import (
+    KVProgress,
     KVReadiness,
     KVTransport,
     ReadyEntry,
     check_deadline,
     check_first_token,
     check_group,
+    check_progress,
     check_request_id,
 )
 from lamina_engine.transfer.errors import KVMissing, KVTimeout
@@ -39,6 +41,7 @@ class LocalKVStore:
         self._lock = threading.Lock()
         self._objects: dict[str, tuple[bytes, float]] = {}  # key -> (blob, expires_at)
         self._ready: dict[str, _Ready] = {}
+        self._notes: dict[str, tuple[str, int, float]] = {}  # key -> (state, groups, expires_at)
 
     def _purge(self, now: float) -> None:
         # Called under the lock on every put: expired entries never outlive the next write.
@@ -46,6 +49,8 @@ class LocalKVStore:
             del self._objects[key]
         for key in [k for k, r in self._ready.items() if r.expires_at <= now and not r.waiters]:
             del self._ready[key]
+        for key in [k for k, (_, _, exp) in self._notes.items() if exp <= now]:
+            del self._notes[key]
 
     def __len__(self) -> int:
         """Live objects (blobs) in the store."""
@@ -174,6 +179,31 @@ class LocalKVTransport(KVTransport):
                 store._objects.pop(self.kv_key(request_id, entry.group), None)
             if ready is not None and ready.waiters:  # keep waiters registered on a fresh record
                 store._ready[self.ready_key(request_id)] = _Ready([], 0.0, ready.waiters)
+            store._notes.pop(self.progress_key(request_id), None)
+
+    tracks_progress = True
+
+    async def note_progress(self, request_id, state, groups, ttl_s, create) -> None:
+        self._check_open()
+        check_request_id(request_id)
+        check_progress(state, groups, ttl_s)
+        key, now = self.progress_key(request_id), time.monotonic()
+        with self.store._lock:
+            self.store._purge(now)
+            if create or key in self.store._notes:
+                ttl = self.ready_ttl_s if ttl_s is None else ttl_s
+                self.store._notes[key] = (state, groups, now + ttl)
+
+    async def progress(self, request_id: str) -> KVProgress:
+        self._check_open()
+        check_request_id(request_id)
+        now = time.monotonic()
+        with self.store._lock:
+            announced = tuple(dict.fromkeys(e.group for e in self._entries(request_id, now)))
+            state, groups, expires = self.store._notes.get(self.progress_key(request_id), (0, 0, 0))
+        if expires <= now:
+            return KVProgress(None, None, None, announced)
+        return KVProgress(state, groups, expires - now, announced)
 
     async def close(self) -> None:
         self._closed = True
