@@ -172,3 +172,53 @@ def test_operator_knows_its_namespace(helm, values):
         "fieldRef": {"fieldPath": "metadata.namespace"}
     }
     assert ("A" in env) == bool(values)
+
+
+def _seed_secrets(objects):
+    return [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].endswith("-seed")]
+
+
+def _seed_env(objects):
+    _, container = operator_container(objects)
+    (var,) = [e for e in container["env"] if e["name"] == "LAMINA_OPERATOR_KEY_SEED"]
+    return var["valueFrom"]["secretKeyRef"]
+
+
+def test_the_operator_gets_a_generated_key_seed_that_outlives_the_release(helm):
+    """Every ServingDeployment's internal key is derived from this seed: it is random, read by
+    the operator through secretKeyRef, kept by `helm uninstall` (and found by `lookup` on an
+    upgrade, which `helm template` cannot show)."""
+    import base64
+
+    objects = render(helm)
+    (secret,) = _seed_secrets(objects)
+    assert secret["metadata"]["name"] == "lamina-key-seed"
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    seed = base64.b64decode(secret["data"]["seed"]).decode()
+    assert len(seed) == 64 and seed.isalnum()
+    assert _seed_env(objects) == {"name": "lamina-key-seed", "key": "seed"}
+    (again,) = _seed_secrets(render(helm))
+    assert again["data"]["seed"] != secret["data"]["seed"]  # generated, not a constant
+
+
+def test_an_explicit_or_existing_seed(helm):
+    import base64
+
+    pinned = "p" * 40
+    objects = render(helm, "--set", f"internalKeys.seed={pinned}")
+    (secret,) = _seed_secrets(objects)
+    assert base64.b64decode(secret["data"]["seed"]).decode() == pinned
+    # a new explicit seed restarts the operator (it reads the seed at start)
+    deploy, _ = operator_container(objects)
+    first = deploy["spec"]["template"]["metadata"]["annotations"]["lamina.dev/key-seed-sha256"]
+    deploy, _ = operator_container(render(helm, "--set", f"internalKeys.seed={'q' * 40}"))
+    assert (
+        deploy["spec"]["template"]["metadata"]["annotations"]["lamina.dev/key-seed-sha256"] != first
+    )
+
+    objects = render(helm, "--set", "internalKeys.existingSecret=my-seed")
+    assert _seed_secrets(objects) == []  # the user's Secret: the chart makes none
+    assert _seed_env(objects) == {"name": "my-seed", "key": "seed"}
+
+    proc = run_helm(helm, "template", "lamina", str(CHART), "--set", "internalKeys.seed=short")
+    assert proc.returncode != 0 and "internalKeys.seed must be at least 32" in proc.stderr

@@ -44,6 +44,11 @@ app.kubernetes.io/part-of: lamina
 {{- end }}
 {{- end }}
 
+{{/* Secret holding the internal-key seed (key `seed`): the user's, or the one the chart keeps. */}}
+{{- define "lamina.keySeedSecretName" -}}
+{{- default (printf "%s-key-seed" (include "lamina.fullname" .)) .Values.internalKeys.existingSecret }}
+{{- end }}
+
 {{- define "lamina.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
@@ -93,9 +98,9 @@ Used by the ClusterRole (all namespaces) or by one Role per watched namespace.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "patch"]
-# The managed Redis password Secret: created once, never read back (pods read it by
-# secretKeyRef), deleted with the managed Redis. No get/list/watch: the operator cannot read
-# Secrets it did not create.
+# The internal key and managed Redis password Secrets: created once, never read back (pods
+# read them by secretKeyRef), deleted with the managed Redis / replaced on a new seed. No
+# get/list/watch: the operator cannot read Secrets it did not create.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create", "delete"]
