@@ -106,9 +106,10 @@ def test_default_install_reconciles_a_managed_redis_without_reading_secrets(
             60,
         )
         assert roles
-        (secret,) = admin.owned_by("secrets", uid)
-        assert secret["metadata"]["name"] == f"{NAME}-redis-auth"
-        assert "password" in secret["data"]
+        secrets = {s["metadata"]["name"]: s for s in admin.owned_by("secrets", uid)}
+        assert set(secrets) == {f"{NAME}-redis-auth", f"{NAME}-internal"}
+        assert "password" in secrets[f"{NAME}-redis-auth"]["data"]
+        assert "key" in secrets[f"{NAME}-internal"]["data"]
         assert "secrets is forbidden" not in proc.log_tail(20000), proc.log_tail()
     finally:
         admin.delete(SD, NAME, "--wait=false")
