@@ -182,17 +182,22 @@ class Engine:
 
     # ------------------------------------------- prompts computed elsewhere (kv_import.py)
     def reserve_prefilled(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        cacheable: bool = True,
     ) -> bool:
         """Hold KV blocks for a prompt a prefill pod computes; load its layer groups with
         load_prefilled_group as they arrive, then activate_prefilled (or release_prefilled).
         False, nothing held, when the blocks do not fit now (the caller recomputes instead);
         InvalidRequest for a request this engine cannot serve at all; ValueError when it
-        needs its prompt computed here."""
+        needs its prompt computed here. `cacheable` False: the shipped KV (from an unverified
+        source) never enters the prefix cache."""
         self._check_new(request_id)
         ids = self._prompt_ids(list(prompt_ids))
         try:
-            return self.kv_import.reserve(request_id, ids, params)
+            return self.kv_import.reserve(request_id, ids, params, cacheable)
         except RequestRejectedError as exc:
             raise InvalidRequest(str(exc)) from exc
 

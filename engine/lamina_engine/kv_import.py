@@ -74,15 +74,19 @@ class KVImport:
         """Layers [0, n) of the request's prompt KV are in the cache."""
         return self._get(request_id).next_layer
 
-    def reserve(self, request_id: str, ids: list[int], params: SamplingParams) -> bool:
+    def reserve(
+        self, request_id: str, ids: list[int], params: SamplingParams, cacheable: bool = True
+    ) -> bool:
         """Blocks for prompt `ids` (validated by the engine). False, nothing held, when they do
         not fit now; RequestRejectedError when they never could; ValueError when the request
-        needs its prompt computed here (prompt logprobs, or min_tokens the prefill ignored)."""
+        needs its prompt computed here (prompt logprobs, or min_tokens the prefill ignored).
+        `cacheable` False: the KV written here never enters the prefix cache."""
         if request_id in self._held:
             raise ValueError(f"request {request_id!r} is already reserved")
         if params.logprobs is not None or params.min_tokens > 1:
             raise ValueError("logprobs and min_tokens > 1 need the prompt computed here")
         seq = Sequence(ids, params, arrival_time=time.perf_counter())
+        seq.prefix_cacheable = cacheable
         if not self.scheduler.reserve(seq):
             return False
         self._held[request_id] = _Reservation(seq)

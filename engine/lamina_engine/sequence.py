@@ -64,6 +64,8 @@ class Sequence:
         # appended, so a block's hash never changes once computed
         self._block_hashes: list[int] = []
         self._hash_block_size = 0  # the block size _block_hashes were computed for
+        # False for KV shipped under an unverified handle: its blocks never enter the prefix cache
+        self.prefix_cacheable = True
 
     def __repr__(self) -> str:
         return (

@@ -75,16 +75,34 @@ def redis_server():
         yield server
 
 
+INTERNAL_KEY = "test-internal-key-0123456789"  # the stack's shared key (LAMINA_INTERNAL_KEY)
+
+
 class Running:
-    """A server started with run_in_thread; `url` is its http://127.0.0.1:port."""
+    """A server started with run_in_thread; `url` is its http://127.0.0.1:port, `internal_url`
+    its internal port's (/v1/internal/*, /v1/admin/drain), `address` that port's HOST:PORT."""
 
     def __init__(self, server, uv, thread, port) -> None:
         self.server, self.uv, self.thread, self.port = server, uv, thread, port
         self.url = f"http://127.0.0.1:{port}"
+        self.internal_port = uv.internal_port
+        self.address = f"127.0.0.1:{uv.internal_port}"
+        self.internal_url = f"http://{self.address}"
+        key = server.config.internal_key
+        self.internal_headers = (
+            {} if key is None else {"Authorization": f"Bearer {key.get_secret_value()}"}
+        )
 
     def stop(self) -> None:
         self.uv.should_exit = True
         self.thread.join(15)
+
+    def generate(self, request: dict, timeout: float = 60):
+        """post_internal(self, "/v1/internal/generate", ...): the router's call."""
+        return post_internal(self, "/v1/internal/generate", request, timeout)
+
+    def post_internal(self, path: str, request: dict, timeout: float = 60):
+        return post_internal(self, path, request, timeout)
 
 
 def start_server(local_store=None, wait_ready: bool = True, **settings) -> Running:
@@ -171,13 +189,14 @@ class Stack:
 
 def start_stack(tiny_model, redis_url: str, kv_wait_seconds: float = 5.0, **router) -> Stack:
     common = dict(model=str(tiny_model), kv_backend="redis", kv_redis_url=redis_url,
-                  kv_wait_seconds=kv_wait_seconds, deployment="test")  # fmt: skip
+                  kv_wait_seconds=kv_wait_seconds, deployment="test",
+                  internal_key=INTERNAL_KEY)  # fmt: skip
     prefill = start_server(role="prefill", **common)
     decode = start_server(role="decode", **common)
     router.setdefault("backend_poll_seconds", 0.2)
     rt = start_server(
-        role="router", model=str(tiny_model), prefill_service=f"127.0.0.1:{prefill.port}",
-        decode_service=f"127.0.0.1:{decode.port}", **router,
+        role="router", model=str(tiny_model), prefill_service=prefill.address,
+        decode_service=decode.address, internal_key=INTERNAL_KEY, **router,
     )  # fmt: skip
     return Stack(prefill, decode, rt)
 
@@ -205,19 +224,42 @@ def wait_for():
     return wait
 
 
-@pytest.fixture(scope="session")
-def post_prefill():
-    """post_prefill(pod, request) -> httpx.Response: the OpenAI completion `request` (its
-    kv_transfer names the KV handle) sent to a prefill pod's /v1/internal/prefill the way the
-    router sends it: tokenized and validated once (serving/prepared_request.py)."""
+def post_internal(pod: Running, path: str, request: dict, timeout: float = 30):
+    """The OpenAI completion `request` (its `kv_transfer.request_id`, if any, is the KV handle)
+    sent to `pod`'s internal `path` the way the router sends it: tokenized and validated once
+    (serving/prepared_request.py), on the internal port, with the pod's internal key."""
+    import dataclasses
+
     import httpx
 
     from lamina_engine.serving.prepared_request import prepare
     from lamina_engine.serving.protocol import CompletionRequest
 
-    def post(pod: Running, request: dict, timeout: float = 30) -> httpx.Response:
-        tokenizer = pod.server.async_engine.engine.tokenizer
-        body = prepare("completions", CompletionRequest.model_validate(request), tokenizer)
-        return httpx.post(f"{pod.url}/v1/internal/prefill", json=body.to_wire(), timeout=timeout)
+    request = dict(request)
+    handle = (request.pop("kv_transfer", None) or {}).get("request_id")
+    tokenizer = pod.server.async_engine.engine.tokenizer
+    body = prepare("completions", CompletionRequest.model_validate(request), tokenizer)
+    body = dataclasses.replace(body, kv_handle=handle)
+    return httpx.post(f"{pod.internal_url}{path}", json=body.to_wire(), timeout=timeout,
+                      headers=pod.internal_headers)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def post_prefill():
+    """post_prefill(pod, request) -> httpx.Response: post_internal to /v1/internal/prefill."""
+
+    def post(pod: Running, request: dict, timeout: float = 30):
+        return post_internal(pod, "/v1/internal/prefill", request, timeout)
+
+    return post
+
+
+@pytest.fixture(scope="session")
+def post_generate():
+    """post_generate(pod, request) -> httpx.Response: post_internal to /v1/internal/generate
+    (a decode pod given `kv_transfer` loads the KV shipped under that handle)."""
+
+    def post(pod: Running, request: dict, timeout: float = 60):
+        return pod.generate(request, timeout)
 
     return post

@@ -29,7 +29,7 @@ def test_disaggregated_tokens_equal_unified(stack, unified):
 
 
 def test_layered_prefill_ships_each_group_as_computed(
-    start, tiny_model, redis_server, unified, post_prefill
+    start, tiny_model, redis_server, unified, post_prefill, post_generate
 ):
     """A layered prefill pod (one layer per group step here) ships 4 groups, 3 of them while
     later groups still compute; the decode pod continues from them with unified's tokens."""
@@ -47,7 +47,9 @@ def test_layered_prefill_ships_each_group_as_computed(
     assert report["kv_groups"] == 4 and report["prompt_tokens"] == len(prompt)
     assert prefill.server.kv_export.groups_shipped_early == 3
     assert 0 <= report["exposed_seconds"] <= report["transfer_seconds"] + 0.05
-    got = complete(decode.url, prompt, kv_transfer={"request_id": "layered-1"})
+    r = post_generate(decode, dict(request, return_token_ids=True))
+    assert r.status_code == 200, r.text
+    got = r.json()["choices"][0]
     assert got["token_ids"] == complete(unified.url, prompt)["token_ids"]
     assert got["token_ids"][0] == report["first_token"]
     assert decode.server.async_engine.fallbacks == {}
@@ -55,8 +57,8 @@ def test_layered_prefill_ships_each_group_as_computed(
 
 def test_short_prompts_stay_on_the_decode_pod(start, stack, tiny_model, unified):
     router = start(role="router", model=str(tiny_model), backend_poll_seconds=0.2,
-                   prefill_service=f"127.0.0.1:{stack.prefill.port}",
-                   decode_service=f"127.0.0.1:{stack.decode.port}",
+                   prefill_service=stack.prefill.address, decode_service=stack.decode.address,
+                   internal_key=stack.router.server.config.internal_key,
                    disaggregation_min_prompt_tokens=20)  # fmt: skip
     paths = router.server.metrics.router_requests
     for prompt in ("hi", PROMPTS[1]):
@@ -75,8 +77,7 @@ def test_local_transport_between_servers_in_one_process(start, tiny_model, unifi
     prefill = start(role="prefill", local_store=store, **common)
     decode = start(role="decode", local_store=store, **common)
     router = start(role="router", model=str(tiny_model), backend_poll_seconds=0.2,
-                   prefill_service=f"127.0.0.1:{prefill.port}",
-                   decode_service=f"127.0.0.1:{decode.port}")  # fmt: skip
+                   prefill_service=prefill.address, decode_service=decode.address)  # fmt: skip
     for prompt in PROMPTS:
         assert (
             complete(router.url, prompt)["token_ids"] == complete(unified.url, prompt)["token_ids"]

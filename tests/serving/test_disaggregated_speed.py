@@ -24,6 +24,15 @@ def complete(url: str, prompt, max_tokens: int = 10, **extra) -> list[int]:
     return r.json()["choices"][0]["token_ids"]
 
 
+def complete_kv(post_generate, pod, prompt, handle: str, max_tokens: int = 10) -> list[int]:
+    """The decode pod's answer from the KV shipped under `handle` (the router's call)."""
+    body = {"model": "tiny-moe", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True, "return_token_ids": True, "kv_transfer": {"request_id": handle}}  # fmt: skip
+    r = post_generate(pod, body)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["token_ids"]
+
+
 def prefill(post_prefill, pod, prompt: str, handle: str) -> dict:
     """Run the prefill pod's internal endpoint; its report says what it shipped."""
     request = {"model": "tiny-moe", "prompt": prompt, "max_tokens": 10, "temperature": 0,
@@ -49,15 +58,14 @@ def redis_common(tiny_model, redis_server, deployment: str) -> dict:
 
 
 def test_speed_disaggregated_equals_unified_and_ships_k_over_l(
-    start, tiny_model, redis_server, speed_unified, post_prefill
+    start, tiny_model, redis_server, speed_unified, post_prefill, post_generate
 ):
     common = redis_common(tiny_model, redis_server, "speed-chunked")
     pre = start(role="prefill", **SPEED, **common)
     dec = start(role="decode", **SPEED, **common)
     full_pre = start(role="prefill", **common)  # full depth, for the byte comparison
     router = start(role="router", model=str(tiny_model), backend_poll_seconds=0.2,
-                   prefill_service=f"127.0.0.1:{pre.port}",
-                   decode_service=f"127.0.0.1:{dec.port}")  # fmt: skip
+                   prefill_service=pre.address, decode_service=dec.address)  # fmt: skip
     for prompt in ("The quick brown fox jumps over", PROMPT, "hi"):
         assert complete(router.url, prompt) == complete(speed_unified.url, prompt)
     assert dec.server.async_engine.fallbacks == {}  # the KV really came over Redis
@@ -70,14 +78,14 @@ def test_speed_disaggregated_equals_unified_and_ships_k_over_l(
     assert report["kv_bytes"] == shipped_bytes(3, K * p + (L - K) * 2)
     assert full["kv_bytes"] == shipped_bytes(4, L * p)
     assert K / L < report["kv_bytes"] / full["kv_bytes"] < K / L + 0.03
-    got = complete(dec.url, PROMPT, kv_transfer={"request_id": "speed-bytes"})
+    got = complete_kv(post_generate, dec, PROMPT, "speed-bytes")
     assert got[0] == report["first_token"]
     assert got == complete(speed_unified.url, PROMPT)
     assert dec.server.async_engine.fallbacks == {}
 
 
 def test_speed_layered_prefill_ships_lower_groups_early(
-    start, tiny_model, redis_server, speed_unified, post_prefill
+    start, tiny_model, redis_server, speed_unified, post_prefill, post_generate
 ):
     """Layered cohort groups split the lower layers [0, K): the first ships while the second
     computes; the second and the upper object ship when the prompt finishes."""
@@ -89,13 +97,13 @@ def test_speed_layered_prefill_ships_lower_groups_early(
     assert report["kv_groups"] == 3 and report["prompt_tokens"] == len(PROMPT)
     assert pre.server.kv_export.groups_shipped_early == 1
     assert report["kv_bytes"] == shipped_bytes(3, K * len(PROMPT) + (L - K) * 2)
-    got = complete(dec.url, PROMPT, kv_transfer={"request_id": "speed-layered-1"})
+    got = complete_kv(post_generate, dec, PROMPT, "speed-layered-1")
     assert got == complete(speed_unified.url, PROMPT)
     assert dec.server.async_engine.fallbacks == {}
 
 
 def test_mismatched_speed_settings_fall_back_to_recompute(
-    start, tiny_model, redis_server, unified, post_prefill
+    start, tiny_model, redis_server, unified, post_prefill, post_generate
 ):
     """A full-depth decode pod cannot use SPEED KV (the upper layers lack most positions): it
     says so, recomputes the prompt and answers with its own full-depth tokens."""
@@ -103,6 +111,6 @@ def test_mismatched_speed_settings_fall_back_to_recompute(
     pre = start(role="prefill", **SPEED, **common)
     dec = start(role="decode", **common)
     prefill(post_prefill, pre, PROMPT, "speed-mismatch-1")
-    got = complete(dec.url, PROMPT, kv_transfer={"request_id": "speed-mismatch-1"})
+    got = complete_kv(post_generate, dec, PROMPT, "speed-mismatch-1")
     assert got == complete(unified.url, PROMPT)
     assert dec.server.async_engine.fallbacks == {"KVCorrupt": 1}

@@ -12,17 +12,21 @@ import httpx
 import pytest
 import torch
 
+from lamina_engine.serving.kv_handles import mint
 from lamina_engine.transfer import KVMeta, KVTransportError, RedisKVTransport, encode_kv
 
 PROMPT = "Disaggregated serving must never be wrong"
 N_PROMPT = len(PROMPT.encode())  # the byte-level tokenizer: one token per byte
 
 
-def complete(url: str, handle: str | None = None, max_tokens: int = 8) -> dict:
+def complete(url, handle: str | None = None, max_tokens: int = 8) -> dict:
     body = {"model": "tiny-moe", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "return_token_ids": True}  # fmt: skip
-    if handle:
+    if handle:  # the router's call: `url` is then the decode pod (a Running)
         body["kv_transfer"] = {"request_id": handle}
+        r = url.generate(body, 60)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]
     r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()["choices"][0]
@@ -39,6 +43,12 @@ def put(redis_url: str, handle: str, blob: bytes, ttl_s: float = 60.0) -> None:
     asyncio.run(go())
 
 
+def minted(pod) -> str:
+    """The handle the router mints for PROMPT (the stack's pods share an internal key)."""
+    ids = pod.server.async_engine.engine.tokenizer.encode(PROMPT)
+    return mint(pod.server.config.internal_key, ids, "tiny-moe")
+
+
 def kv_blob(num_tokens: int = N_PROMPT) -> bytes:
     # 4 layers x 2 kv heads x 24 head_dim, matching the tiny model; values are irrelevant here.
     meta = KVMeta(torch.float32, 0, 4, 0, num_tokens, 2, 24, last=True, first_token=65)
@@ -53,7 +63,7 @@ def expected(unified) -> list[int]:
 def _fallback_case(decode, expected, reason: str, handle: str) -> None:
     fallbacks = decode.server.async_engine.fallbacks
     before = fallbacks.get(reason, 0)
-    got = complete(decode.url, handle)
+    got = complete(decode, handle)
     assert got["token_ids"] == expected
     assert fallbacks.get(reason, 0) == before + 1
 
@@ -67,7 +77,7 @@ def test_kv_never_published_times_out_and_recomputes(start, tiny_model, redis_se
 
 
 def test_corrupt_kv_recomputes(stack, expected, redis_server):
-    handle = f"corrupt-{uuid.uuid4().hex}"
+    handle = minted(stack.decode)
     blob = bytearray(kv_blob())
     blob[200] ^= 0xFF  # one flipped byte in the payload
     put(redis_server.url, handle, bytes(blob))
@@ -75,19 +85,19 @@ def test_corrupt_kv_recomputes(stack, expected, redis_server):
 
 
 def test_truncated_kv_recomputes(stack, expected, redis_server):
-    handle = f"trunc-{uuid.uuid4().hex}"
+    handle = minted(stack.decode)
     put(redis_server.url, handle, kv_blob()[:-100])
     _fallback_case(stack.decode, expected, "KVCorrupt", handle)
 
 
 def test_kv_for_another_prompt_recomputes(stack, expected, redis_server):
-    handle = f"shape-{uuid.uuid4().hex}"
+    handle = minted(stack.decode)
     put(redis_server.url, handle, kv_blob(N_PROMPT - 3))
     _fallback_case(stack.decode, expected, "KVCorrupt", handle)
 
 
 def test_expired_kv_recomputes(stack, expected, redis_server):
-    handle = f"expired-{uuid.uuid4().hex}"
+    handle = minted(stack.decode)
     put(redis_server.url, handle, kv_blob(), ttl_s=0.05)
     asyncio.run(asyncio.sleep(0.3))
     _fallback_case(stack.decode, expected, "KVMissing", handle)
@@ -140,6 +150,6 @@ def test_redis_down_recomputes(start, tiny_model, expected):
         dead = sock.getsockname()[1]
     decode = start(role="decode", model=str(tiny_model), kv_backend="redis",
                    kv_redis_url=f"redis://127.0.0.1:{dead}/0", kv_wait_seconds=2.0)  # fmt: skip
-    got = complete(decode.url, f"down-{uuid.uuid4().hex}")
+    got = complete(decode, f"down-{uuid.uuid4().hex}")
     assert got["token_ids"] == expected
     assert decode.server.async_engine.fallbacks == {"KVTransportError": 1}

@@ -22,11 +22,14 @@ PROMPT = "Each layer group loads while the next is on the wire."  # 53 tokens, o
 HEADS, HEAD_DIM = 2, 24  # tiny_model's KV shape; 4 layers -> 4 groups of one layer
 
 
-def complete(url: str, handle: str | None = None, timeout: float = 60, prompt=PROMPT) -> dict:
+def complete(url, handle: str | None = None, timeout: float = 60, prompt=PROMPT) -> dict:
     body = {"model": "tiny-moe", "prompt": prompt, "max_tokens": 8, "temperature": 0,
             "ignore_eos": True, "return_token_ids": True}  # fmt: skip
-    if handle:
+    if handle:  # the router's call: `url` is then the decode pod (a Running)
         body["kv_transfer"] = {"request_id": handle}
+        r = url.generate(body, timeout)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]
     r = httpx.post(f"{url}/v1/completions", json=body, timeout=timeout)
     assert r.status_code == 200, r.text
     return r.json()["choices"][0]
@@ -145,7 +148,7 @@ def test_each_group_is_loaded_before_the_last_is_published(pods, expected, wait_
     assert len(blobs) == 4
     loads, exposed = pods.observed("kv_seconds"), pods.observed("kv_exposed")
     pods.publish(handle, 0, blobs[0])
-    thread, result = background(complete, pods.decode.url, handle)
+    thread, result = background(complete, pods.decode, handle)
     wait_for(lambda: pods.layers_loaded() == 1)  # group 0 is in the cache already
     bm = pods.ae.engine.scheduler.block_manager
     assert bm.num_used_blocks == -(-len(PROMPT) // 16)  # the whole prompt, reserved
@@ -172,7 +175,7 @@ def test_a_transfer_that_breaks_after_group_0_recomputes_and_frees_its_blocks(
     blobs = pods.stage(handle)
     before = dict(pods.ae.fallbacks)
     pods.publish(handle, 0, blobs[0])
-    thread, result = background(complete, pods.decode.url, handle)
+    thread, result = background(complete, pods.decode, handle)
     wait_for(lambda: pods.layers_loaded() == 1)
     if failure == "corrupt":
         pods.publish(handle, 1, blobs[1], corrupt=True)
@@ -190,7 +193,7 @@ def test_a_client_gone_mid_transfer_releases_the_reservation(pods, wait_for):
     aborted = pods.decode.server.metrics.requests.labels("decode", "abort")
     n_aborted = aborted._value.get()
     pods.publish(handle, 0, blobs[0])
-    thread, result = background(complete, pods.decode.url, handle, 1.0)  # gives up after 1 s
+    thread, result = background(complete, pods.decode, handle, 1.0)  # gives up after 1 s
     wait_for(lambda: pods.layers_loaded() == 1)
     with pytest.raises(httpx.ReadTimeout):
         joined(thread, result)
@@ -211,11 +214,11 @@ def test_no_free_blocks_at_reservation_recomputes(pods, start, tiny_model, expec
     blobs = tight.stage(handle)
     for g, blob in enumerate(blobs):
         tight.publish(handle, g, blob)
-    first, first_result = background(complete, small.url, hog, 60, hog_prompt)
+    first, first_result = background(complete, small, hog, 60, hog_prompt)
     wait_for(lambda: tight.layers_loaded() == 1)
     # one block of 16 is left; PROMPT's 53 tokens need 4
     assert small.server.async_engine.engine.scheduler.block_manager.num_free_blocks == 1
-    second, second_result = background(complete, small.url, handle)
+    second, second_result = background(complete, small, handle)
     assert joined(second, second_result)["token_ids"] == expected
     assert len(joined(first, first_result)["token_ids"]) == 8
     assert tight.ae.fallbacks == {"no_free_blocks": 1, "KVTimeout": 1}

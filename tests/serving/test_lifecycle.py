@@ -38,7 +38,7 @@ def test_client_disconnect_aborts_the_request(unified, wait_for):
 def test_drain_refuses_new_work_and_fails_health(start, tiny_model):
     srv = start(role="unified", model=str(tiny_model), served_model_name="tiny-moe")
     assert httpx.get(f"{srv.url}/health").status_code == 200
-    assert httpx.post(f"{srv.url}/drain").json()["draining"] is True
+    assert httpx.post(f"{srv.internal_url}/v1/admin/drain").json()["draining"] is True
     health = httpx.get(f"{srv.url}/health")
     assert health.status_code == 503 and health.json()["error"]["message"] == "draining"
     r = httpx.post(f"{srv.url}/v1/completions", json=BODY, timeout=10)
@@ -49,13 +49,13 @@ def test_router_backends_from_file_and_draining_backend(start, tiny_model, tmp_p
     a = start(role="unified", model=str(tiny_model))
     b = start(role="unified", model=str(tiny_model))
     listing = tmp_path / "backends"
-    listing.write_text(f"127.0.0.1:{a.port}\n")
+    listing.write_text(f"{a.address}\n")
     router = start(role="router", model=str(tiny_model), decode_service=f"file:{listing}",
                    backend_poll_seconds=0.1, wait_ready=False)  # fmt: skip
     wait_for(lambda: httpx.get(f"{router.url}/health").status_code == 200)
-    listing.write_text(f"127.0.0.1:{a.port}\n127.0.0.1:{b.port}\n")  # the operator adds b
+    listing.write_text(f"{a.address}\n{b.address}\n")  # the operator adds b
     wait_for(lambda: httpx.get(f"{router.url}/health").json().get("unified") == 2)
-    httpx.post(f"{a.url}/drain")
+    httpx.post(f"{a.internal_url}/v1/admin/drain")
     wait_for(lambda: httpx.get(f"{router.url}/health").json().get("unified") == 1)
 
     def served(srv) -> float:

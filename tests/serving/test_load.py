@@ -55,8 +55,8 @@ def test_200_requests_survive_a_prefill_restart(start, tiny_model, redis_server,
                        kv_redis_url=redis_server.url, kv_wait_seconds=3.0,
                        deployment="load")  # fmt: skip
         router = start(role="router", model=str(tiny_model), backend_poll_seconds=0.2,
-                       prefill_service=f"127.0.0.1:{port}",
-                       decode_service=f"127.0.0.1:{decode.port}")  # fmt: skip
+                       prefill_service=f"127.0.0.1:{port + 1}",  # its internal port
+                       decode_service=decode.address)  # fmt: skip
         done = []
 
         def chaos() -> None:  # kill the prefill pod a quarter of the way in, restart it

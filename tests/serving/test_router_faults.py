@@ -39,7 +39,7 @@ def front(tiny_model, start_for_module):
     """A router with small limits in front of a unified pod."""
     pod = start_for_module(role="unified", model=str(tiny_model))
     router = start_for_module(
-        role="router", model=str(tiny_model), decode_service=f"127.0.0.1:{pod.port}",
+        role="router", model=str(tiny_model), decode_service=pod.address,
         backend_poll_seconds=0.2, max_request_bytes=3_000_000, max_prompt_chars=400_000,
         request_read_timeout_seconds=1.0,
     )  # fmt: skip
@@ -107,7 +107,7 @@ def test_a_non_streaming_client_that_leaves_aborts_the_pod_request(front, wait_f
             f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
     s = socket.create_connection(("127.0.0.1", router.port), timeout=60)
     s.sendall(head + body)
-    load = lambda: httpx.get(f"{pod.url}/v1/internal/load", timeout=30).json()  # noqa: E731
+    load = lambda: httpx.get(f"{pod.internal_url}/v1/internal/load", timeout=30).json()  # noqa: E731
     wait_for(lambda: load()["running"] + load()["waiting"] >= 1, 120)
     s.close()  # the client leaves before the answer
     wait_for(lambda: _metric(pod.url, "lamina_requests_total", reason="abort") > aborted, 120)
@@ -136,7 +136,7 @@ def test_killed_decode_pods(tiny_model, redis_server, start, healthy, wait_for):
             healthy(f"http://127.0.0.1:{p}", 180)
         router = start(role="router", model=str(tiny_model), backend_poll_seconds=3600,
                        decode_picker="round-robin", wait_ready=False,
-                       decode_service=",".join(f"127.0.0.1:{p}" for p in ports))  # fmt: skip
+                       decode_service=",".join(f"127.0.0.1:{p + 1}" for p in ports))  # fmt: skip
         # decode pods without a prefill pod: /health says not ready, yet they serve whole
         wait_for(lambda: len(router.server.pool.available("decode")) == 2, 120)
         client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)

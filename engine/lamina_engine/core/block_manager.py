@@ -236,6 +236,8 @@ class BlockManager:
         self.grow_table(seq.block_table, seq.num_computed_tokens + num_new_tokens)
 
     def cache_blocks(self, seq: Sequence) -> None:
+        if not seq.prefix_cacheable:  # KV from an unverified source: hits stay its own
+            return
         memo = seq.block_hash_memo(self.block_size)
         self.cache_table(seq.block_table, seq.all_token_ids, seq.num_computed_tokens, memo)
 

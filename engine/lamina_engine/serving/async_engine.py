@@ -94,12 +94,14 @@ class AsyncEngine:
         prompt: str | list[int],
         params: SamplingParams,
         kv: AsyncGenerator[KVGroup, None] | None = None,
+        kv_cacheable: bool = True,
     ) -> AsyncIterator[RequestDelta]:
         """Yield what is new in the request's output each time it changes; the last delta is
         finished.
         With `kv` (the prompt's KV groups as they arrive; `prompt` is then token ids) the
         engine loads them and continues from the shipped first token, or recomputes the
-        prompt if they fail. Leaving the iteration early (client gone) aborts the request."""
+        prompt if they fail; `kv_cacheable` False keeps that KV (and what decodes from it) out
+        of the prefix cache. Leaving the iteration early (client gone) aborts the request."""
         if kv is not None and isinstance(prompt, str):
             raise TypeError("a request with shipped KV takes its prompt as token ids")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
@@ -111,7 +113,9 @@ class AsyncEngine:
         if kv is None:
             self._post(Add(request_id, prompt, params))
         else:
-            feeding = asyncio.ensure_future(self.kv_loads.feed(request_id, prompt, params, kv))
+            feeding = asyncio.ensure_future(
+                self.kv_loads.feed(request_id, prompt, params, kv, kv_cacheable)
+            )
         finished = False
         try:
             while True:

@@ -4,6 +4,8 @@ A service spec is a comma-separated list of entries, each one of
     HOST:PORT        every address HOST resolves to (a headless Service lists each pod), or
                      HOST itself if it does not resolve (re-resolved at every poll)
     file:/path       a file the operator rewrites: HOST:PORT entries, one a line or a JSON list
+The addresses are the pods' internal ports (their /v1/internal/* endpoints live there only),
+called with the deployment's internal key (`headers`).
 Every `poll_s` seconds each pod's GET /v1/internal/load gives its role, readiness, draining flag,
 KV utilisation and batch; a pod that does not answer in time is not ready until it does.
 """
@@ -42,7 +44,9 @@ def _file_entries(path: str) -> list[str]:
 def _split(entry: str) -> tuple[str, int]:
     host, sep, port = entry.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise ValueError(f"backend {entry!r} must be HOST:PORT (e.g. lamina-decode:8000)")
+        raise ValueError(
+            f"backend {entry!r} must be HOST:PORT, a pod's internal port (lamina-decode:8001)"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -75,7 +79,12 @@ class BackendPool:
     """All known pods, refreshed in the background while the router runs."""
 
     def __init__(
-        self, prefill_spec: str | None, decode_spec: str | None, poll_s: float, decay_s: float
+        self,
+        prefill_spec: str | None,
+        decode_spec: str | None,
+        poll_s: float,
+        decay_s: float,
+        headers: dict[str, str] | None = None,
     ) -> None:
         for spec in (prefill_spec, decode_spec):
             for item in (spec or "").split(","):
@@ -84,9 +93,12 @@ class BackendPool:
         self.specs = {"prefill": prefill_spec, "decode": decode_spec}
         self.poll_s, self.decay_s = poll_s, decay_s
         self.pods: dict[tuple[str, str], BackendState] = {}  # (service, address) -> state
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(max(0.5, poll_s), connect=0.5))
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(max(0.5, poll_s), connect=0.5), headers=headers
+        )
         self._task: asyncio.Task | None = None
         self.polled = asyncio.Event()
+        self._warned: set[str] = set()  # addresses warned about a 401/404
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -121,6 +133,13 @@ class BackendPool:
         try:
             r = await self._client.get(f"{pod.url}/v1/internal/load")
             body = r.json() if r.status_code == 200 else {}
+            if r.status_code in (401, 404) and pod.address not in self._warned:
+                self._warned.add(pod.address)  # once per pod: every poll would repeat it
+                log.warning(
+                    "backend %s answers /v1/internal/load with %s: is it the pod's internal "
+                    "port, and do the router and the pods share LAMINA_INTERNAL_KEY?",
+                    pod.address, r.status_code,
+                )  # fmt: skip
         except (httpx.HTTPError, ValueError):
             body = {}
         pod.ready = bool(body.get("ready"))

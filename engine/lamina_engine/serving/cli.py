@@ -1,4 +1,4 @@
-"""`lamina serve`: build the server of a role and run it under uvicorn.
+"""`lamina serve`: build the server of a role and run its two ports (serving/listeners.py).
 
 SIGTERM (Kubernetes stopping the pod) drains: /health turns 503 and new requests are refused at
 once, requests in flight finish (up to `DRAIN_TIMEOUT_S`), then the process exits.
@@ -10,17 +10,16 @@ import argparse
 import logging
 import threading
 
-import uvicorn
-
 from lamina_engine.serving.config import ServeConfig, config_from
+from lamina_engine.serving.listeners import DRAIN_TIMEOUT_S, Listeners
 
-DRAIN_TIMEOUT_S = 60
+__all__ = ["DRAIN_TIMEOUT_S", "build_server", "cmd_serve", "run_in_thread"]
 
 log = logging.getLogger(__name__)
 
 
 def build_server(config: ServeConfig, local_store=None):
-    """The server object of `config.role` (it has `.app` and `.draining`)."""
+    """The server object of `config.role` (it has `.app`, `.internal_app` and `.draining`)."""
     if config.role == "router":
         from lamina_engine.serving.router_server import RouterServer
 
@@ -31,60 +30,30 @@ def build_server(config: ServeConfig, local_store=None):
     return EngineServer(config, lambda: Engine(config.engine), local_store=local_store)
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn.Server that marks the app draining on the first SIGTERM/SIGINT."""
-
-    def __init__(self, config: uvicorn.Config, target) -> None:
-        super().__init__(config)
-        self.target = target
-
-    def handle_exit(self, sig, frame) -> None:
-        self.target.draining = True
-        super().handle_exit(sig, frame)
-
-
-def make_uvicorn(server, host: str, port: int) -> DrainingServer:
-    from lamina_engine.serving.http_limits import read_timeout_protocol
-
-    c = server.config
-    cfg = uvicorn.Config(
-        server.app,
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=DRAIN_TIMEOUT_S,
-        lifespan="on",
-        http=read_timeout_protocol(c.request_read_timeout_seconds),
-        timeout_keep_alive=c.timeout_keep_alive_seconds,
-        h11_max_incomplete_event_size=c.h11_max_incomplete_event_size,
-        limit_concurrency=c.limit_concurrency,
-    )
-    return DrainingServer(cfg, server)
-
-
-def run_in_thread(server, host: str = "127.0.0.1", port: int = 0):
-    """Start `server` on a daemon thread (tests, `lamina up`); returns (uvicorn, port)."""
-    uv = make_uvicorn(server, host, port)
-    uv.install_signal_handlers = lambda: None  # only the main thread may install them
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
+def run_in_thread(server, host: str = "127.0.0.1", port: int = 0, internal_port: int = 0):
+    """Start `server`'s two ports on a daemon thread (tests, `lamina up`); returns
+    (Listeners, thread, public port); `Listeners.internal_port` is the internal one."""
     import time
 
-    while not uv.started:
+    listeners = Listeners(server, host, port, internal_port)
+    thread = threading.Thread(target=listeners.run, daemon=True)
+    thread.start()
+    while not listeners.started:
         if not thread.is_alive():
             raise RuntimeError(f"the {type(server).__name__} failed to start on {host}:{port}")
         time.sleep(0.01)
-    sock = uv.servers[0].sockets[0]
-    return uv, thread, sock.getsockname()[1]
+    return listeners, thread, listeners.port
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("lamina_engine").setLevel(logging.INFO)
     config = config_from(args)
     server = build_server(config)
+    internal = config.internal_port_or_default
     print(
-        f"lamina serve: {config.role} for {config.model_name} on http://{config.host}:{config.port}",
+        f"lamina serve: {config.role} for {config.model_name} on http://{config.host}:"
+        f"{config.port} (internal: {internal})",
         flush=True,
     )
-    make_uvicorn(server, config.host, config.port).run()
+    Listeners(server, config.host, config.port, internal).run()
     return 0

@@ -48,6 +48,16 @@ class ServeConfig(BaseModel):
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    internal_port: int | None = Field(
+        None, ge=0, le=65535, description="the internal/admin endpoints' port; default: port + 1"
+    )
+    # Secrets: variables only (LAMINA_API_KEY, LAMINA_INTERNAL_KEY), never flags (`ps` shows argv)
+    api_key: SecretStr | None = Field(
+        None, description="clients' key for /v1/* on the public port (Authorization: Bearer)"
+    )
+    internal_key: SecretStr | None = Field(
+        None, description="the pods' shared key: internal port and KV handles (serving/auth.py)"
+    )
     deployment: str = Field("default", description="namespaces the KV keys of one deployment")
     pod_name: str | None = Field(None, description="this pod's name (informational)")
     engine: EngineConfig = Field(json_schema_extra=FLATTEN)
@@ -110,6 +120,32 @@ class ServeConfig(BaseModel):
             data.setdefault("served_model_name", DEMO_MODEL_NAME)
         data["engine"] = engine
         return data
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ServeConfig:
+        if self.port and self.internal_port_or_default == self.port:
+            raise ValueError(
+                f"internal_port {self.internal_port} is the public port: the internal endpoints "
+                "need their own port (--internal-port / LAMINA_INTERNAL_PORT)"
+            )
+        for name in ("api_key", "internal_key"):
+            key = getattr(self, name)
+            if key is not None and len(key.get_secret_value()) < 8:
+                raise ValueError(
+                    f"{name} (LAMINA_{name.upper()}) is shorter than 8 characters: give a real "
+                    "key (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))') or "
+                    "leave it unset"
+                )
+        if self.port == 65535 and self.internal_port is None:
+            raise ValueError("port 65535 has no port + 1: set --internal-port")
+        return self
+
+    @property
+    def internal_port_or_default(self) -> int:
+        """The internal port: `internal_port`, else the public port + 1 (0 stays 0: any)."""
+        if self.internal_port is not None:
+            return self.internal_port
+        return self.port + 1 if self.port else 0
 
     @property
     def model(self) -> str:

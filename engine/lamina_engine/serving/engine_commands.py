@@ -38,6 +38,7 @@ class KvReserve:
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
+    cacheable: bool = True  # may the shipped KV enter the prefix cache (its handle verified)
 
 
 @dataclass(frozen=True)

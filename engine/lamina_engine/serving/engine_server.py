@@ -1,18 +1,22 @@
 """The HTTP server of an engine pod (`--role unified|prefill|decode`), FastAPI.
 
+public port (clients; `api_key`):
     GET  /health                   200 ready; 503 while loading or draining (kubelet probes)
     GET  /v1/models                the served model
     POST /v1/completions           OpenAI; SSE when stream=true
     POST /v1/chat/completions      OpenAI; SSE when stream=true
+    GET  /metrics                  Prometheus
+internal port (the router and the operator; `internal_key`; serving/internal_app.py):
     POST /v1/internal/generate     the router's PreparedRequest (token ids, SamplingParams)
     POST /v1/internal/prefill      prefill role: a PreparedRequest's prompt computed and its KV
                                    shipped; answers with a report
     GET  /v1/internal/load         what the router picks by (KV utilisation, batch, role)
-    POST /drain                    stop taking new requests; in-flight ones finish
-    GET  /metrics                  Prometheus
-A decode pod given a KV handle loads that prompt's KV group by group as it arrives (bounded
-by one deadline; serving/kv_loading.py) and decodes from it; on any failure it recomputes the
-prompt (lamina_kv_fallback_total).
+    POST /v1/internal/kv_abort     the router's notice that a handle's prefill failed
+    POST|GET|DELETE /v1/admin/drain  drain, its state, undrain
+A decode pod given a KV handle checks it against the prompt (serving/kv_handles.py), loads that
+prompt's KV group by group as it arrives (bounded by one deadline; serving/kv_loading.py) and
+decodes from it; on any failure it recomputes the prompt (lamina_kv_fallback_total). Shipped KV
+enters the prefix cache only under a verified handle.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from lamina_engine.request_output import RequestOutput
 from lamina_engine.serving import kv_shipping
 from lamina_engine.serving.async_engine import AsyncEngine, RequestFailed
 from lamina_engine.serving.config import ServeConfig
-from lamina_engine.serving.http_limits import BodyLimit, check_prompt_chars, client_gone
+from lamina_engine.serving.http_limits import check_prompt_chars, client_gone
+from lamina_engine.serving.internal_app import internal_app
+from lamina_engine.serving.kv_handles import Verdict, check_id, verify
 from lamina_engine.serving.metrics import ServerMetrics
 from lamina_engine.serving.openai_app import openai_app
 from lamina_engine.serving.prefill_shipper import PrefillShipper
@@ -62,11 +68,25 @@ class EngineServer:
         self.shipper: PrefillShipper | None = None
         self.kv_export: KVExport | None = None  # prefill role: plugged into the engine
         self.draining = False
+        self.exiting = False  # told to exit (SIGTERM): the drain cannot be undone
         self.load_error: str | None = None
         # KV handles whose prefill failed (router's notice) -> monotonic time; waiters' events
         self._kv_aborted: dict[str, float] = {}
         self._kv_waiters: dict[str, asyncio.Event] = {}
+        # prefill role: handles whose KV this pod shipped -> monotonic time it expires
+        self._shipped: dict[str, float] = {}
+        if config.role in ("prefill", "decode") and config.internal_key is None:
+            log.warning(
+                "LAMINA_INTERNAL_KEY is not set: the internal port %s is open to anyone who "
+                "reaches it, and KV handles cannot be verified, so shipped KV never enters "
+                "this pod's prefix cache", config.internal_port_or_default,
+            )  # fmt: skip
         self.app = self._build()
+        self.internal_app = internal_app("Lamina engine", self, self.metrics)
+        self.internal_app.post("/v1/internal/generate")(self.generate)
+        self.internal_app.post("/v1/internal/prefill")(self.prefill)
+        self.internal_app.get("/v1/internal/load")(self.load)
+        self.internal_app.post("/v1/internal/kv_abort")(self.kv_abort)
 
     @property
     def ready(self) -> bool:
@@ -103,13 +123,7 @@ class EngineServer:
             if self.transport is not None:
                 await self.transport.close()
 
-        app = openai_app("Lamina engine", lifespan, self, self.metrics)
-        app.add_middleware(BodyLimit, max_bytes=self.config.max_request_bytes)
-        app.post("/v1/internal/generate")(self.generate)
-        app.post("/v1/internal/prefill")(self.prefill)
-        app.get("/v1/internal/load")(self.load)
-        app.post("/v1/internal/kv_abort")(self.kv_abort)
-        return app
+        return openai_app("Lamina engine", lifespan, self, self.metrics)
 
     # ------------------------------------------------------------------ small endpoints
     async def health(self) -> JSONResponse:
@@ -134,10 +148,27 @@ class EngineServer:
             body.update(self.async_engine.load())
         return body
 
-    async def drain(self) -> dict:
-        self.draining = True
+    async def drain_report(self) -> dict:
+        """The drain state (internal_app.py): requests in flight and KV transfers pending."""
         n = self.async_engine.num_in_flight if self.async_engine else 0
-        return {"draining": True, "in_flight": n}
+        return {"draining": self.draining, "in_flight": n, "kv_pending": await self._kv_pending()}
+
+    async def _kv_pending(self) -> int:
+        """Decode: KV loads in progress. Prefill: shipped KV not yet read (the decode pod
+        deletes it once loaded) and not expired."""
+        pending = len(self._kv_waiters)
+        now = time.monotonic()
+        for h in [h for h, end in self._shipped.items() if end <= now]:
+            del self._shipped[h]
+        if self._shipped and self.transport is not None:
+            handles = list(self._shipped)
+            ready = await asyncio.gather(
+                *(self.transport.groups_ready(h) for h in handles), return_exceptions=True
+            )
+            for h, r in zip(handles, ready, strict=True):
+                if not isinstance(r, BaseException) and not r.groups:
+                    self._shipped.pop(h, None)  # read and deleted by the decode pod
+        return pending + len(self._shipped)
 
     # ------------------------------------------------------------------ requests
     def _check_serving(self, model: str) -> AsyncEngine:
@@ -167,19 +198,43 @@ class EngineServer:
         return await asyncio.to_thread(prepare, kind, req, ae.engine.tokenizer)
 
     async def generate(self, body: dict, request: Request):
-        """The router prepared the request already: serve it as it is."""
+        """The router prepared the request already: serve it as it is (its prompt checked
+        against this engine first; a KV handle against the prompt)."""
         prepared = PreparedRequest.from_wire(body)
-        self._check_serving(prepared.model)
-        return await self._serve(prepared, request)
+        ae = self._check_serving(prepared.model)
+        self._check_prompt(prepared, ae)
+        verdict = None
+        if prepared.kv_handle is not None:
+            verdict = verify(self.config.internal_key, prepared.kv_handle, prepared.prompt_ids,
+                             self.config.model_name)  # fmt: skip
+        return await self._serve(prepared, request, verdict)
 
-    async def _serve(self, req: PreparedRequest, request: Request):
+    def _check_prompt(self, req: PreparedRequest, ae: AsyncEngine) -> None:
+        """A router's prompt ids against this engine's context and vocabulary: 400 here, before
+        the engine thread spends time on them (the engine checks the same again)."""
+        engine = ae.engine
+        n, context = len(req.prompt_ids), engine.max_model_len
+        if n + 1 > context:
+            raise OpenAIError(
+                400, f"prompt has {n} tokens; the context is {context} tokens (max_model_len), "
+                "which must hold the prompt and at least one output token", param="prompt_ids",
+            )  # fmt: skip
+        vocab = engine.model.config.vocab_size
+        if min(req.prompt_ids) < 0 or max(req.prompt_ids) >= vocab:
+            raise OpenAIError(
+                400, f"prompt token ids must be in [0, {vocab}) for this model", param="prompt_ids"
+            )
+
+    async def _serve(self, req: PreparedRequest, request: Request, verdict: Verdict | None = None):
         ae = self.async_engine
         prefix = "cmpl" if req.kind == "completions" else "chatcmpl"
         rid = f"{prefix}-{uuid.uuid4().hex}"
         kv = None
-        if req.kv_handle is not None and self.transport is not None:
+        if verdict is not None and self.transport is not None:
             kv = self._kv_groups(req.kv_handle, len(req.prompt_ids))
-        stream = ae.generate(rid, req.prompt_ids, req.params, kv)
+        # shipped KV enters the prefix cache only when its handle verified
+        cacheable = verdict is Verdict.VERIFIED
+        stream = ae.generate(rid, req.prompt_ids, req.params, kv, kv_cacheable=cacheable)
         try:  # with shipped KV, the first output waits for the last group to load
             first = await self._next(stream, request)
         except RequestFailed as exc:
@@ -271,7 +326,7 @@ class EngineServer:
 
     async def kv_abort(self, body: dict) -> dict:
         """The router saw this handle's prefill fail: stop waiting for its KV, recompute."""
-        handle = str(body.get("request_id", ""))
+        handle = check_id(body.get("request_id"), "request_id")
         now = time.monotonic()
         ttl = self.config.kv_wait_seconds * 2
         for h in [h for h, t in self._kv_aborted.items() if now - t > ttl]:
@@ -290,5 +345,10 @@ class EngineServer:
         if req.kv_handle is None:
             raise OpenAIError(400, "kv_handle is required", param="kv_handle")
         ae = self._check_serving(req.model)
+        self._check_prompt(req, ae)
+        # KV is published under a handle only for the prompt it was minted for
+        verify(self.config.internal_key, req.kv_handle, req.prompt_ids, self.config.model_name)
         params = dataclasses.replace(req.params, max_tokens=1, min_tokens=0, logprobs=None)
-        return await self.shipper.run(ae, req.kv_handle, req.prompt_ids, params)
+        report = await self.shipper.run(ae, req.kv_handle, req.prompt_ids, params)
+        self._shipped[req.kv_handle] = time.monotonic() + self.config.kv_ttl_seconds
+        return report

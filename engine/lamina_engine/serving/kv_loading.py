@@ -68,12 +68,13 @@ class KVLoads:
         ids: list[int],
         params: SamplingParams,
         groups: AsyncGenerator[KVGroup, None],
+        cacheable: bool = True,
     ) -> None:
         """Post the reservation, each group the moment it arrives, then the activation; a
         failure of the transfer posts kv_failed. Cancelled (the client left, or the request
         already ended on a recompute) it posts nothing: the stream's abort covers that."""
         started, nbytes = time.perf_counter(), 0
-        self.post(KvReserve(request_id, ids, params))
+        self.post(KvReserve(request_id, ids, params, cacheable))
         try:
             async with aclosing(groups):
                 async for group in groups:
@@ -97,7 +98,7 @@ class KVLoads:
         InvalidRequest (the request itself is bad) propagates."""
         rid, ids, params = cmd.request_id, cmd.prompt_ids, cmd.params
         try:
-            if self.engine.reserve_prefilled(rid, ids, params):
+            if self.engine.reserve_prefilled(rid, ids, params, cmd.cacheable):
                 self._loading[rid] = (ids, params)
                 return None
             return Recompute(rid, ids, params, "no_free_blocks")

@@ -10,21 +10,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from lamina_engine.serving.auth import BearerKey
+from lamina_engine.serving.http_limits import BodyLimit
 from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
 from lamina_engine.serving.protocol import OpenAIError, error_body
 
+OPEN_PATHS = frozenset({"/health", "/metrics"})  # the kubelet's probes and Prometheus
+
 
 def openai_app(title: str, lifespan, server, metrics: ServerMetrics) -> FastAPI:
-    """An app answering GET /health, /v1/models and POST /v1/completions,
-    /v1/chat/completions, /drain with `server`'s methods of those names, and GET /metrics."""
+    """The public app: GET /health, /v1/models and POST /v1/completions, /v1/chat/completions
+    with `server`'s methods of those names, and GET /metrics. All but OPEN_PATHS need `api_key`
+    when one is set; bodies over `max_request_bytes` are 413s. Nothing internal is here
+    (serving/internal_app.py)."""
     app = FastAPI(title=title, lifespan=lifespan)
     metrics.instrument(app)
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=server.config.max_request_bytes)
+    app.add_middleware(
+        BearerKey, key=server.config.api_key, setting="LAMINA_API_KEY", open_paths=OPEN_PATHS
+    )
     app.get("/health")(server.health)
     app.get("/v1/models")(server.models)
     app.post("/v1/completions")(server.completions)
     app.post("/v1/chat/completions")(server.chat)
-    app.post("/drain")(server.drain)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -21,11 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lamina_engine.chat_template import ChatTemplateError
 from lamina_engine.sampling_params import InvalidSamplingParams, SamplingParams
+from lamina_engine.serving.kv_handles import ID_PATTERN
 from lamina_engine.serving.protocol import (
     NEUTRAL,
     ChatCompletionRequest,
     CompletionRequest,
-    KVTransferHandle,
     OpenAIError,
 )
 
@@ -44,7 +44,7 @@ class PreparedRequest:
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
     return_token_ids: bool = False
-    kv_handle: str | None = None  # kv_transfer.request_id: the prompt's KV comes from a prefill
+    kv_handle: str | None = None  # the router's (kv_handles.py): the KV comes from a prefill
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON body a pod's /v1/internal/generate and /v1/internal/prefill take."""
@@ -75,7 +75,7 @@ class _Wire(BaseModel):
     stream: bool = False
     include_usage: bool = False
     return_token_ids: bool = False
-    kv_handle: str | None = Field(None, min_length=1, max_length=200)
+    kv_handle: str | None = Field(None, pattern=ID_PATTERN)  # kv_handles.MAX_ID_LEN chars
 
 
 def prepare(
@@ -86,10 +86,8 @@ def prepare(
     defaults = tokenizer.generation_defaults if tokenizer is not None else {}
     params = sampling_params(req, defaults)
     ids = prompt_ids(req, tokenizer)
-    handle: KVTransferHandle | None = req.kv_transfer
     usage = req.stream_options is not None and req.stream_options.include_usage
-    return PreparedRequest(kind, req.model, ids, params, req.stream, usage,
-                           req.return_token_ids, handle.request_id if handle else None)  # fmt: skip
+    return PreparedRequest(kind, req.model, ids, params, req.stream, usage, req.return_token_ids)
 
 
 def sampling_params(

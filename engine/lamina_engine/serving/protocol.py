@@ -4,8 +4,8 @@ A request may carry OpenAI's fields and vLLM's extensions. Unknown fields are a 
 them (a misspelt `temprature` must not be dropped silently). Fields we know but cannot honour
 (`n` > 1, `echo`, `logit_bias`, `repetition_penalty` != 1, ...) are accepted only at their
 neutral value (`NEUTRAL`); another value is a 400 that says so. Floats must be finite.
-`kv_transfer` is Lamina's extension: the router's handle of a prompt whose KV a prefill pod
-ships (decode pods only).
+Nothing internal is here: the router's KV handles travel on the internal port only
+(prepared_request.py, kv_handles.py).
 """
 
 from __future__ import annotations
@@ -45,10 +45,6 @@ class OpenAIError(Exception):
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     kind = {400: "invalid_request_error", 404: "not_found_error", 503: "service_unavailable"}
     return OpenAIError(status, message, kind.get(status, "server_error"), param).body()
-
-
-class KVTransferHandle(BaseModel):
-    request_id: str = Field(min_length=1, max_length=200)
 
 
 class StreamOptions(BaseModel):
@@ -119,7 +115,6 @@ class _Common(BaseModel):
     min_tokens: int = 0
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
-    kv_transfer: KVTransferHandle | None = None
     return_token_ids: bool = False  # vLLM's extension: choices[].token_ids
     # accepted at their NEUTRAL values only (prepared_request.py says which)
     logit_bias: dict[str, float] | None = None

@@ -8,6 +8,10 @@ pod gets the request with a KV handle and ships the prompt's KV; at the same tim
 gets it with the same handle, waits for the KV and streams tokens back through the router.
 Otherwise the decode (or unified) pod serves it whole. A connection failure to a pod marks it
 down and the request goes to another once.
+
+The router calls pods on their internal port (--prefill-service/--decode-service name
+HOST:INTERNAL_PORT) with the deployment's internal key, and mints each KV handle bound to the
+prompt and model (serving/kv_handles.py). Its own internal port serves /v1/admin/drain.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,7 +30,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from lamina_engine.core.block_manager import block_hashes
 from lamina_engine.serving.backends import BackendPool
 from lamina_engine.serving.config import ServeConfig
-from lamina_engine.serving.http_limits import BodyLimit, check_prompt_chars
+from lamina_engine.serving.http_limits import check_prompt_chars
+from lamina_engine.serving.internal_app import internal_app
+from lamina_engine.serving.kv_handles import mint
 from lamina_engine.serving.metrics import ServerMetrics
 from lamina_engine.serving.openai_app import openai_app
 from lamina_engine.serving.pod_pickers import BackendState, DecodePicker, PrefillPicker
@@ -61,25 +66,33 @@ class RouterServer:
             config.decode_service,
             config.backend_poll_seconds,
             config.load_decay_seconds,
+            self._pod_headers(),
         )
         self.metrics.watch_router(self.pool)
         self.draining = False
+        self.exiting = False  # told to exit (SIGTERM): the drain cannot be undone
+        self._preparing = 0  # requests being tokenized (not yet counted on a pod)
         self.client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task] = set()
         self.app = self._build()
+        self.internal_app = internal_app("Lamina router", self, self.metrics)
+
+    def _pod_headers(self) -> dict[str, str]:
+        key = self.config.internal_key
+        return {} if key is None else {"Authorization": f"Bearer {key.get_secret_value()}"}
 
     def _build(self) -> FastAPI:
         @asynccontextmanager
         async def lifespan(_: FastAPI):
-            self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0))
+            self.client = httpx.AsyncClient(
+                timeout=httpx.Timeout(None, connect=2.0), headers=self._pod_headers()
+            )
             self.pool.start()
             yield
             await self.pool.close()
             await self.client.aclose()
 
-        app = openai_app("Lamina router", lifespan, self, self.metrics)
-        app.add_middleware(BodyLimit, max_bytes=self.config.max_request_bytes)
-        return app
+        return openai_app("Lamina router", lifespan, self, self.metrics)
 
     # ------------------------------------------------------------------ small endpoints
     def _decoders(self) -> list[BackendState]:
@@ -103,9 +116,12 @@ class RouterServer:
         return {"object": "list", "data": [{"id": self.config.model_name, "object": "model",
                                             "owned_by": "lamina", "created": 0}]}  # fmt: skip
 
-    async def drain(self) -> dict:
-        self.draining = True
-        return {"draining": True}
+    async def drain_report(self) -> dict:
+        """The drain state (internal_app.py): in_flight, requests being proxied; kv_pending,
+        prefills this router still drives."""
+        proxied = sum(p.in_flight for p in self.pool.pods.values() if p.service != "prefill")
+        return {"draining": self.draining, "in_flight": proxied + self._preparing,
+                "kv_pending": len(self._tasks)}  # fmt: skip
 
     # ------------------------------------------------------------------ requests
     async def completions(self, req: CompletionRequest, request: Request):
@@ -127,7 +143,11 @@ class RouterServer:
         check_prompt_chars(req, self.config.max_prompt_chars)
         # the pods get token ids from here on; tokenizing costs seconds per MB, so it runs off
         # the event loop: /health and other streams go on meanwhile
-        prepared = await asyncio.to_thread(prepare, kind, req, self.tokenizer)
+        self._preparing += 1
+        try:
+            prepared = await asyncio.to_thread(prepare, kind, req, self.tokenizer)
+        finally:
+            self._preparing -= 1
         ids = prepared.prompt_ids
         decoders = self._decoders()
         if not decoders:
@@ -142,7 +162,7 @@ class RouterServer:
         )
         body = prepared.to_wire()
         if disaggregate:
-            body["kv_handle"] = f"kv-{uuid.uuid4().hex}"
+            body["kv_handle"] = mint(self.config.internal_key, ids, self.config.model_name)
             hashes = block_hashes(ids, self.config.engine.block_size)
             pod, flops = self.prefill_picker.pick(prefills, hashes, len(ids))
             self._spawn(self._prefill(pod, decode, flops, hashes, body))
