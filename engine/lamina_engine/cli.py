@@ -1,4 +1,4 @@
-"""`lamina` console script. Subcommands: generate (more arrive with serving and benchmarks)."""
+"""`lamina` console script. Subcommands: generate, bench, serve, up, fetch-model."""
 
 from __future__ import annotations
 
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lamina_engine.serving.commands import register as register_serving
 
     register_serving(sub)  # serve, up
+    from lamina_engine.model_fetch.command import register as register_fetch
+
+    register_fetch(sub)  # fetch-model
     return parser
 
 

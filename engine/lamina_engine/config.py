@@ -92,9 +92,9 @@ class EngineConfig(BaseModel):
         scheme, sep, _ = value.partition("://")
         if sep:
             raise ValueError(
-                f"model {value!r} is a {scheme}:// source, which this engine cannot fetch yet: "
-                "give a local checkpoint folder (with the operator, copy the checkpoint into a "
-                "PersistentVolumeClaim and use source pvc://claim/path)"
+                f"model {value!r} is a {scheme}:// source, but --model loads a local folder: "
+                f"fetch it first with `lamina fetch-model {value} DIR`, then pass --model DIR "
+                "(the operator does this in an init container)"
             )
         return value
 

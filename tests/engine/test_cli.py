@@ -140,7 +140,8 @@ def test_bad_settings_name_the_flag_and_variable(capsys):
 def test_a_source_the_engine_cannot_fetch_is_refused_before_loading(capsys):
     rc = main(["generate", "hi", "--model", "hf://Qwen/Qwen3-30B-A3B"])
     err = capsys.readouterr().err
-    assert rc == 2 and "hf:// source, which this engine cannot fetch yet" in err
+    assert rc == 2 and "hf:// source, but --model loads a local folder" in err
+    assert "lamina fetch-model hf://Qwen/Qwen3-30B-A3B DIR" in err
 
 
 def test_a_variable_lamina_serve_does_not_read_is_named_in_a_warning(caplog):
