@@ -22,6 +22,7 @@ from .common import (
     SecretKeyRef,
 )
 from .kv_transfer import KvTransferSpec
+from .model_access import HfTokenSecretRef, S3Access
 from .network import NetworkPolicySpec
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -32,6 +33,7 @@ _HF = re.compile(
 )
 _PVC = re.compile(r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/\s]+)*/?$")
 _S3 = re.compile(r"^s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](/[^\s]*)?$")
+_BUILTIN = re.compile(r"^builtin://lamina-demo$")
 
 
 class ModelSpec(KubeModel):
@@ -44,11 +46,18 @@ class ModelSpec(KubeModel):
         description="Served model name: the `model` field clients send to the OpenAI API.",
     )
     source: str = Field(
-        pattern=r"^(hf|pvc|s3)://",
+        pattern=r"^(hf|pvc|s3|builtin)://",
         description=(
-            "Checkpoint location: hf://org/name[@revision], pvc://claim[/path] "
-            "(mounted read-only) or s3://bucket/prefix."
+            "Checkpoint location: hf://org/name[@revision], s3://bucket/prefix (both downloaded "
+            "by an init container into each pod), pvc://claim[/path] (mounted read-only) or "
+            "builtin://lamina-demo (the small demo model inside the engine image)."
         ),
+    )
+    hf_token_secret: HfTokenSecretRef | None = Field(
+        default=None, description="hf:// only: a Secret key holding a token (private/gated repos)."
+    )
+    s3: S3Access | None = Field(
+        default=None, description="s3:// only: the store's endpoint and a Secret with its keys."
     )
     dtype: Dtype = Field(default="bfloat16", description="Weight and activation dtype.")
     num_layers: int | None = Field(
@@ -66,10 +75,26 @@ class ModelSpec(KubeModel):
             "hf": (_HF, "hf://Qwen/Qwen3-30B-A3B or hf://org/name@revision"),
             "pvc": (_PVC, "pvc://models-claim/qwen3 (claim name, then a path inside it)"),
             "s3": (_S3, "s3://my-bucket/models/qwen3"),
+            "builtin": (_BUILTIN, "builtin://lamina-demo (the only built-in model)"),
         }.get(scheme, (None, "hf://org/name, pvc://claim/path or s3://bucket/prefix"))
         if pattern is None or not pattern.match(value):
             raise ValueError(f"model source {value!r} is malformed; write e.g. {example}")
         return value
+
+    @model_validator(mode="after")
+    def _credentials_match_source(self) -> ModelSpec:
+        scheme = self.source.split("://", 1)[0]
+        if self.hf_token_secret is not None and scheme != "hf":
+            raise ValueError(
+                f"model.hfTokenSecret is set but the source is {scheme}://: a Hub token is only "
+                "used for hf:// sources; remove hfTokenSecret"
+            )
+        if self.s3 is not None and scheme != "s3":
+            raise ValueError(
+                f"model.s3 is set but the source is {scheme}://: it is only used for s3:// "
+                "sources; remove model.s3"
+            )
+        return self
 
 
 class SchedulingSpec(KubeModel):
