@@ -205,16 +205,44 @@ def test_extra_args_override_the_config_map():
     assert (cfg.engine.max_num_seqs, cfg.engine.max_model_len) == (8, 4096)
 
 
-@pytest.mark.parametrize("source", ["hf://Qwen/Qwen3-30B-A3B@main", "s3://models-bucket/qwen3"])
-def test_a_source_the_engine_cannot_fetch_fails_at_start_saying_so(source, monkeypatch, capsys):
+def fetch_commands(spec: ServingDeploymentSpec) -> dict[str, tuple[list[str], list[dict]]]:
+    """role -> (args after `lamina`, env) of each pod's fetch-model init container."""
+    built = [d.manifest for d in build_children(OWNER, spec, BuildContext(redis_password=PASSWORD))]
+    out = {}
+    for m in built:
+        pod = m["spec"]["template"]["spec"] if m["kind"] == "Deployment" else {}
+        for c in pod.get("initContainers", []):
+            assert c["command"] == ["lamina"]
+            out[m["metadata"]["labels"][ROLE_LABEL]] = (c["args"], c["env"])
+    return out
+
+
+@pytest.mark.parametrize(
+    "source", ["hf://Qwen/Qwen3-30B-A3B@main", "s3://models-bucket/qwen3", "builtin://lamina-demo"]
+)
+def test_fetched_sources_reach_the_engine_through_the_init_container(source):
     spec = ServingDeploymentSpec.model_validate({"model": {"name": "q", "source": source}})
-    for args, env in pods(spec).values():
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        assert main(args) == 2  # before any model is read or port opened
-        err = capsys.readouterr().err
-        scheme = source.split("://")[0]
-        assert f"{source!r} is a {scheme}:// source" in err and "pvc://" in err
+    fetches = fetch_commands(spec)
+    assert sorted(fetches) == ["decode", "prefill", "router"]
+    for role, (args, env) in pods(spec).items():
+        fetch_args, fetch_env = fetches[role]
+        parsed = build_parser().parse_args(fetch_args)  # an unknown flag exits
+        assert (parsed.command, parsed.source) == ("fetch-model", source)
+        assert str(parsed.dir) == serve(args, env).engine.model  # what it writes, serve loads
+        assert not [v["name"] for v in fetch_env if v["name"].startswith("LAMINA_")]
+
+
+def test_the_builtin_demo_init_command_writes_a_folder_the_engine_config_accepts(tmp_path):
+    spec = ServingDeploymentSpec.model_validate(
+        {"model": {"name": "demo", "source": "builtin://lamina-demo", "dtype": "float32"}}
+    )
+    args, _ = fetch_commands(spec)["decode"]
+    dest = tmp_path / "checkpoint"
+    assert main([*args[:-1], str(dest), "--termination-log", str(tmp_path / "log")]) == 0
+    serve_args, env = pods(spec)["decode"]
+    at = serve_args.index("--model")
+    cfg = serve([*serve_args[: at + 1], str(dest), *serve_args[at + 2 :]], env)
+    assert cfg.engine.model == str(dest) and (dest / "config.json").is_file()
 
 
 def test_speed_on_without_a_cutoff_is_refused_by_the_crd():
@@ -245,7 +273,8 @@ SECTIONS = {
     ("engine", "kvTransfer"): KvTransferSpec,
     ("router", "routing"): RoutingSpec,
 }
-NOT_ENGINE_SETTINGS = {"name", "source", "redis"}  # free text, and Redis's own section
+# free text, Redis's own section, and the fetcher's credentials (test_fetched_sources_...)
+NOT_ENGINE_SETTINGS = {"name", "source", "redis", "hf_token_secret", "s3"}
 
 
 def edge_values(annotation: Any, metadata: list[Any]) -> list[Any]:

@@ -38,7 +38,7 @@ def test_prefill_command_line_and_resources(gpu_spec):
     c = _container(dep)
     assert c["command"] == ["lamina"]
     assert c["args"] == [
-        "serve", "--role", "prefill", "--model", "hf://Qwen/Qwen3-30B-A3B@main",
+        "serve", "--role", "prefill", "--model", "/models/checkpoint",
         "--served-model-name", "qwen3-30b-a3b", "--host", "0.0.0.0", "--port", "8000",
         "--max-model-len", "32768",
     ]  # fmt: skip

@@ -25,6 +25,7 @@ from ..constants import CONFIG_HASH_ANNOTATION, ENGINE_PORT, INTERNAL_PORT
 from . import pods
 from .config import password_secret, redis_ca_volume
 from .internal_key import FINGERPRINT_ANNOTATION, SECRET_KEY
+from .model_fetch import init_containers
 from .names import (
     Owner,
     child_name,
@@ -142,6 +143,7 @@ def build_pool_deployment(
             # Engines drain in-flight requests and KV reads on SIGTERM before exiting.
             "terminationGracePeriodSeconds": 120 if is_engine else 30,
             "securityContext": pods.pod_security_context(),
+            **init_containers(spec.model, container),  # fetches hf://, s3://, builtin://
             "containers": [container],
             "volumes": vols,
             **pods.scheduling(placement),

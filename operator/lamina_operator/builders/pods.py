@@ -13,7 +13,9 @@ from ..api.common import PodPlacement
 from ..constants import ENGINE_UID
 
 CACHE_DIR = "/var/cache/lamina"  # HF downloads and compiled kernels land here (emptyDir)
-MODELS_DIR = "/models"  # pvc:// sources are mounted here, read-only
+MODELS_DIR = "/models"  # pvc:// sources are mounted here, read-only; fetched ones land here
+FETCHED_SCHEMES = ("hf", "s3", "builtin")  # sources `lamina fetch-model` downloads
+FETCHED_MODEL_DIR = f"{MODELS_DIR}/checkpoint"
 
 
 def pod_security_context(uid: int = ENGINE_UID) -> dict[str, Any]:
@@ -60,11 +62,12 @@ def probes(startup_budget_seconds: int) -> dict[str, Any]:
 
 
 def model_location(source: str) -> tuple[list[str], dict[str, Any] | None]:
-    """`lamina serve` flags naming the checkpoint, and the PVC volume it needs (if any).
+    """`lamina serve` flags naming the checkpoint, and the volume at /models (if any).
 
-    pvc://claim/path -> --model /models/path, the claim mounted read-only. hf:// and s3://
-    sources go to the engine as they are (--model hf://org/name@rev): it cannot fetch them yet
-    and says so at start, rather than read a folder that happens to share the repo's name.
+    pvc://claim/path -> --model /models/path, the claim mounted read-only. hf://, s3:// and
+    builtin:// sources -> --model /models/checkpoint on an emptyDir that the pod's fetch-model
+    init container fills (model_fetch.py); an init container restarted after a failure resumes
+    into the same emptyDir.
     """
     scheme, rest = source.split("://", 1)
     if scheme == "pvc":
@@ -72,11 +75,14 @@ def model_location(source: str) -> tuple[list[str], dict[str, Any] | None]:
         volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         local = f"{MODELS_DIR}/{path}".rstrip("/") if path.strip("/") else MODELS_DIR
         return ["--model", local], volume
-    return ["--model", source], None
+    if scheme in FETCHED_SCHEMES:
+        return ["--model", FETCHED_MODEL_DIR], {"name": "model", "emptyDir": {}}
+    raise ValueError(f"model source {source!r}: unknown scheme {scheme!r}")
 
 
 def volumes(model_volume: dict[str, Any] | None, shm: bool) -> tuple[list, list]:
-    """(volumes, volumeMounts): writable emptyDirs, /dev/shm for torch, the model PVC."""
+    """(volumes, volumeMounts): writable emptyDirs, /dev/shm for torch, the model volume
+    (mounted read-only: only the fetch-model init container writes it)."""
     vols: list[dict[str, Any]] = [
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {}},
