@@ -1,26 +1,30 @@
 """`lamina up`: the disaggregated stack on this machine, one process per pod.
 
     redis-server (free loopback port)  <- KV of each prompt, prefill -> decode
-    lamina serve --role prefill        (free port)
-    lamina serve --role decode         (free port)
-    lamina serve --role router         (--port, default 8000): the URL to use
+    lamina serve --role prefill        (free ports: public, internal)
+    lamina serve --role decode         (free ports: public, internal)
+    lamina serve --role router         (--port, default 8000: the URL to use; free internal)
 
 Without `redis-server` installed (or with --kv-backend unified) the router fronts one unified
-engine instead: the in-process `local` KV transport cannot cross process boundaries. Ctrl-C or
-SIGTERM stops everything, newest first.
+engine instead: the in-process `local` KV transport cannot cross process boundaries. All of
+them share one internal key (LAMINA_INTERNAL_KEY, new each run) and the router reaches the
+engines on their internal ports. The processes are supervised (supervisor.py): one that
+crashes is restarted with backoff while the others serve (decode recomputes prompts while
+prefill is down); "Lamina is up" is printed once every process serves. Ctrl-C or SIGTERM
+stops them all.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import time
 
-import httpx
+from lamina_engine.supervisor import Child, ChildFailed, PortInUse, Supervisor
 
 READY_TIMEOUT_S = 300.0
 NAME = "lamina-demo"
@@ -30,6 +34,13 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _has_internal_port() -> bool:
+    """Whether `lamina serve` takes --internal-port (the internal/admin port contract)."""
+    from lamina_engine.serving.config import ServeConfig
+
+    return "internal_port" in ServeConfig.model_fields
 
 
 def serve_args(role: str, port: int, model: str | None, *extra: str, host="127.0.0.1"):
@@ -44,50 +55,47 @@ def kv_args(redis_port: int) -> list[str]:
     return ["--kv-backend", "redis", "--kv-redis-url", f"redis://127.0.0.1:{redis_port}/0"]
 
 
-class Stack:
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen]] = []
+class Plan:
+    """The children of one `lamina up`, with their ports and the shared environment."""
 
-    def spawn(self, name: str, args: list[str], quiet: bool = False) -> None:
-        out = subprocess.DEVNULL if quiet else None
-        self.procs.append((name, subprocess.Popen(args, stdout=out)))
+    def __init__(self, args: argparse.Namespace, env: dict[str, str]) -> None:
+        self.args, self.env, self.children = args, env, []
+        self.internal = _has_internal_port()
 
-    def serve(self, role: str, port: int, model: str | None, *extra: str, host="127.0.0.1"):
-        args = serve_args(role, port, model, *extra, host=host)
-        self.spawn(role, [sys.executable, "-m", "lamina_engine.cli", *args])
+    def serve(self, role: str, port: int, *extra: str, host="127.0.0.1") -> str:
+        """Add a `lamina serve` child; returns the HOST:PORT the router reaches it on."""
+        ports, flags = [port], list(extra)
+        if self.internal:
+            internal = _free_port()
+            ports.append(internal)
+            flags += ["--internal-port", str(internal)]
+        argv = [sys.executable, "-m", "lamina_engine.cli",
+                *serve_args(role, port, self.args.model, *flags, host=host)]  # fmt: skip
+        health = f"http://{host}:{port}/health"
+        self.children.append(Child(role, argv, tuple(ports), health, host, self.env))
+        return f"127.0.0.1:{ports[-1]}"
 
-    def dead(self) -> str | None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                return f"{name} exited with status {proc.returncode}"
-        return None
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        end = time.monotonic() + timeout_s
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    def redis(self, redis: str, port: int) -> None:
+        argv = [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no"]  # fmt: skip
+        self.children.append(Child("redis", argv, (port,), None, env=self.env, quiet=True))
 
 
-def _wait_ready(stack: Stack, url: str) -> None:
-    end = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < end:
-        problem = stack.dead()
-        if problem:
-            raise RuntimeError(f"lamina up: {problem}; see its log above")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"lamina up: the router at {url} was not ready in {READY_TIMEOUT_S:.0f} s")
+def plan(args: argparse.Namespace, mode: str, redis: str | None) -> Plan:
+    env = dict(os.environ)
+    env["LAMINA_INTERNAL_KEY"] = secrets.token_urlsafe(32)  # this run's pods only
+    p = Plan(args, env)
+    if mode == "redis":
+        rport = _free_port()
+        p.redis(redis, rport)
+        kv = kv_args(rport)
+        prefill = p.serve("prefill", _free_port(), *kv)
+        decode = p.serve("decode", _free_port(), *kv)
+        services = ["--prefill-service", prefill, "--decode-service", decode]
+    else:
+        services = ["--decode-service", p.serve("unified", _free_port())]
+    p.serve("router", args.port, *services, host=args.host)
+    return p
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -98,7 +106,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if mode == "redis" and not redis:
         print("lamina up: redis-server is not installed (apt-get install redis-server)")
         return 2
-    stack = Stack()
+    sup = Supervisor(plan(args, mode, redis).children)
 
     def on_signal(signum, frame) -> None:
         raise KeyboardInterrupt  # one path out: the finally below stops the children
@@ -106,38 +114,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     url = f"http://{args.host}:{args.port}"
     try:
-        if mode == "redis":
-            rport = _free_port()
-            stack.spawn("redis", [redis, "--port", str(rport), "--bind", "127.0.0.1",
-                                  "--save", "", "--appendonly", "no"], quiet=True)  # fmt: skip
-            kv = kv_args(rport)
-            pport, dport = _free_port(), _free_port()
-            stack.serve("prefill", pport, args.model, *kv)
-            stack.serve("decode", dport, args.model, *kv)
-            services = ["--prefill-service", f"127.0.0.1:{pport}",
-                        "--decode-service", f"127.0.0.1:{dport}"]  # fmt: skip
-        else:
-            uport = _free_port()
-            stack.serve("unified", uport, args.model)
-            services = ["--decode-service", f"127.0.0.1:{uport}"]
-        stack.serve("router", args.port, args.model, *services, host=args.host)
-        _wait_ready(stack, url)
+        sup.start()
+        sup.wait_ready(READY_TIMEOUT_S)
         shape = "router + prefill + decode (KV over Redis)" if mode == "redis" else (
             "router + one unified engine (no redis-server: KV shipping needs it)")  # fmt: skip
         print(f"\nLamina is up: {shape}\n  {url}/v1\n\nTry:\n  curl -s {url}/v1/completions "
               f"-H 'Content-Type: application/json' -d '{{\"model\": \"{NAME}\", \"prompt\": "
               f"\"Once upon a time\", \"max_tokens\": 32}}'\n\nCtrl-C stops it.", flush=True)  # fmt: skip
-        while True:
-            problem = stack.dead()
-            if problem:
-                print(f"lamina up: {problem}; stopping", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+        sup.watch()
     except KeyboardInterrupt:
         return 0
-    except RuntimeError as exc:
-        print(exc, file=sys.stderr)
+    except PortInUse as exc:
+        print(f"lamina up: {exc}", file=sys.stderr)
+        return 2
+    except ChildFailed as exc:
+        print(f"lamina up: {exc}", file=sys.stderr)
         return 1
     finally:
         print("lamina up: stopping", file=sys.stderr, flush=True)
-        stack.stop()
+        sup.stop()
+    return 0
