@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -72,14 +71,9 @@ def chart(admin: Kubectl):
 
 
 def demo_docs() -> list[dict]:
-    """manifests/demo.yaml with this cluster's model folder and locally built images."""
-    models = RUN / "models"
-    if not (models / "lamina-demo").exists():
-        shutil.copytree(DEMO_MODEL, models / "lamina-demo")
+    """manifests/demo.yaml with locally built images (the model comes from the engine image)."""
     docs = load_yaml_docs(REPO / "manifests" / "demo.yaml")
     for doc in docs:
-        if doc["kind"] == "PersistentVolume":
-            doc["spec"]["hostPath"]["path"] = str(models)
         if doc["kind"] == "ServingDeployment":
             engine = doc["spec"]["engine"]
             engine.update(image="localhost/lamina-engine:local", imagePullPolicy="Never")
@@ -103,14 +97,12 @@ def ready(admin: Kubectl) -> dict | None:
 def demo(admin: Kubectl, chart) -> dict:
     admin.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
     docs = demo_docs()
-    admin.apply([d for d in docs if d["kind"] == "PersistentVolume"])
-    admin.in_namespace(NS).apply([d for d in docs if d["kind"] != "PersistentVolume"])
+    admin.in_namespace(NS).apply(docs)
     obj = wait_for("the demo ServingDeployment Ready=True", lambda: ready(admin), 900)
     yield obj
     # kubectl runs under a 60 s limit (e2e/kube.py): delete without waiting, then poll.
     admin.run("delete", "namespace", NS, "--ignore-not-found", "--wait=false", check=False)
     wait_for(f"namespace {NS} gone", lambda: admin.get("namespace", NS) is None, 180)
-    admin.run("delete", "pv", "lamina-demo-model", "--ignore-not-found", check=False)
 
 
 def pods(admin: Kubectl, role: str) -> list[dict]:
@@ -300,4 +292,5 @@ def test_delete_removes_everything_it_owned(admin: Kubectl, demo: dict) -> None:
 
 def test_manifest_is_valid_yaml() -> None:
     docs = [d for d in yaml.safe_load_all((REPO / "manifests" / "demo.yaml").read_text()) if d]
-    assert {d["kind"] for d in docs} >= {"ServingDeployment", "PersistentVolumeClaim"}
+    assert [d["kind"] for d in docs] == ["ServingDeployment"]
+    assert docs[0]["spec"]["model"]["source"] == "builtin://lamina-demo"

@@ -99,3 +99,19 @@ def test_pvc_source_has_no_init_container(minimal_spec):
 def test_bad_model_access_is_refused_with_a_message(model, message):
     with pytest.raises(ValidationError, match=message):
         ServingDeploymentSpec.model_validate({"model": {"name": "q", **model}})
+
+
+def test_the_demo_manifest_needs_no_storage():
+    """manifests/demo.yaml: the built-in model, every pod fetching it, no PersistentVolume."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "manifests" / "demo.yaml"
+    (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert doc["kind"] == "ServingDeployment"
+    pods = pod_specs(doc["spec"])
+    assert sorted(pods) == sorted(ROLES)
+    for pod in pods.values():
+        assert pod["initContainers"][0]["args"][1] == "builtin://lamina-demo"
+        assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
