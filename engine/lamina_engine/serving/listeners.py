@@ -38,6 +38,7 @@ class Listeners:
         self.server = server
         self.public = _Listener(_config(server, server.app, host, port))
         self.internal = _Listener(_config(server, server.internal_app, host, internal_port))
+        self._signals_seen: list[int] = []
 
     @property
     def started(self) -> bool:
@@ -61,6 +62,8 @@ class Listeners:
 
     def handle_exit(self, sig, frame) -> None:
         """Drain and close both ports; a second SIGINT forces the exit."""
+        if sig is not None:
+            self._signals_seen.append(sig)
         self.server.draining = True
         self.server.exiting = True
         self.public.handle_exit(sig, frame)
@@ -96,6 +99,10 @@ class Listeners:
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+        # as uvicorn does: the signal's own effect once the drain is done (SIGTERM ends the
+        # process at once, without waiting for the interpreter's teardown)
+        for sig in reversed(self._signals_seen):
+            signal.raise_signal(sig)
 
 
 def _config(server, app, host: str, port: int) -> uvicorn.Config:
