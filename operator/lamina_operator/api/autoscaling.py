@@ -14,6 +14,10 @@ from pydantic import Field, model_validator
 
 from .common import KubeModel
 
+# Engine pods' liveness probe restarts a container after 6 failed /health checks 10 s apart;
+# /health is 503 while draining, so a drain must end before that (builders/pods.py).
+DRAIN_TIMEOUT_LIMIT_SECONDS = 50
+
 
 class LatencyTarget(KubeModel):
     """A latency objective: the given percentile must stay at or under the target."""
@@ -93,6 +97,40 @@ class MetricsSource(KubeModel):
     )
 
 
+class DrainPolicy(KubeModel):
+    """Scale-in: the pod chosen to go is drained (no new work) before its pool shrinks."""
+
+    timeout_seconds: int = Field(
+        default=45,
+        ge=5,
+        le=DRAIN_TIMEOUT_LIMIT_SECONDS,
+        description=(
+            "Most seconds to wait for the drained pod's requests and KV transfers to finish; "
+            "then it is removed anyway (Warning Event DrainTimedOut). At most 50: a draining "
+            "engine answers /health 503, and its liveness probe (6 x 10 s) restarts it after "
+            "about a minute, which would end the requests a longer drain waits for."
+        ),
+    )
+
+
+class PodDrain(KubeModel):
+    """A pod being drained before its pool shrinks (status.autoscaling.drains)."""
+
+    pool: Literal["prefill", "decode"] = Field(description="The pool that shrinks.")
+    pod: str = Field(description="The pod being drained, then removed.")
+    uid: str = Field(default="", description="Its uid (a new pod of the same name is another).")
+    started: str = Field(description="When the drain began (RFC 3339).")
+    replicas: int = Field(
+        ge=1, description="The pool's replicas while draining; one fewer once drained."
+    )
+    stage: Literal["Draining", "Removing"] = Field(
+        description="Draining: waiting for its work to finish; Removing: replicas lowered, "
+        "waiting for the ReplicaSet to delete this pod."
+    )
+    in_flight: int = Field(default=0, ge=0, description="Requests not finished at last look.")
+    kv_pending: int = Field(default=0, ge=0, description="KV transfers not finished at last look.")
+
+
 class AutoscalingPolicySpec(KubeModel):
     """SLO targets and bounds for one closed scaling loop over both pools."""
 
@@ -170,6 +208,10 @@ class AutoscalingPolicySpec(KubeModel):
     )
     scale_down: ScalingBehavior = Field(
         default_factory=_default_down, description="Scale-down behaviour (slow by default)."
+    )
+    drain: DrainPolicy = Field(
+        default_factory=DrainPolicy,
+        description="How a pod is drained before a scale-in removes it.",
     )
 
     @model_validator(mode="after")

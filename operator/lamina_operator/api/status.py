@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .autoscaling import PodDrain
 from .common import KubeModel
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -101,6 +102,11 @@ class AutoscalingStatus(KubeModel):
     )
     prefill_queued_tokens: int | None = Field(
         default=None, ge=0, description="Waiting prompt tokens at the last evaluation."
+    )
+    drains: list[PodDrain] = Field(
+        default_factory=list,
+        description="Pods being drained before their pool shrinks (at most one per pool).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["pool"]},
     )
 
 
