@@ -104,8 +104,10 @@ def policy_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> N
         on_policy(memo.reconciler, dict(body), logger)
 
 
-def _autoscaled(spec: kopf.Spec, **_: Any) -> bool:
-    return bool(spec.get("autoscaling"))
+def _autoscaled(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    # Also while a drain is recorded: autoscaling removed mid-drain undrains that pod.
+    drains = (status.get("autoscaling") or {}).get("drains")
+    return bool(spec.get("autoscaling")) or bool(drains)
 
 
 @kopf.timer(GROUP, VERSION, SERVING_PLURAL, interval=TICK_SECONDS, id="autoscale", when=_autoscaled)

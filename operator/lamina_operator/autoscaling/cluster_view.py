@@ -1,8 +1,9 @@
 """What the autoscaler reads from the API server: the pools' Deployments and ready pods.
 
 A pod is a metrics target when it is Ready, has an IP and is not being deleted; its /metrics
-URL uses the engine container's first port (ENGINE_PORT when none is declared) and how long
-it has been Ready comes from its Ready condition's lastTransitionTime.
+URL uses the engine container's first port (ENGINE_PORT when none is declared), its drain
+endpoint the port named `internal` (else that port + 1), and how long it has been Ready comes
+from its Ready condition's lastTransitionTime.
 """
 
 from __future__ import annotations
@@ -50,12 +51,20 @@ def _ready_since(pod: dict[str, Any]) -> float | None:
     return None
 
 
-def _port(pod: dict[str, Any]) -> int:
+def _port(pod: dict[str, Any], name: str | None = None) -> int | None:
+    """The engine container's port called `name`, or its first port (None: not declared)."""
     for container in (pod.get("spec") or {}).get("containers") or []:
         for port in container.get("ports") or []:
-            if port.get("containerPort"):
+            if port.get("containerPort") and (name is None or port.get("name") == name):
                 return int(port["containerPort"])
-    return ENGINE_PORT
+    return None
+
+
+def admin_url(pod: dict[str, Any]) -> str:
+    """Base URL of a pod's internal port: the port named `internal`, else the public port + 1
+    (`lamina serve`'s default; 8001 in Kubernetes)."""
+    port = _port(pod, "internal") or (_port(pod) or ENGINE_PORT) + 1
+    return f"http://{(pod.get('status') or {}).get('podIP')}:{port}"
 
 
 def targets(
@@ -67,10 +76,9 @@ def targets(
         since = _ready_since(pod)
         if since is None or meta.get("deletionTimestamp") or not status.get("podIP"):
             continue
-        url = f"http://{status['podIP']}:{_port(pod)}/metrics"
-        out.append(
-            PodTarget(meta["name"], meta.get("uid", meta["name"]), url, max(0.0, now - since))
-        )
+        url = f"http://{status['podIP']}:{_port(pod) or ENGINE_PORT}/metrics"
+        uid = meta.get("uid", meta["name"])
+        out.append(PodTarget(meta["name"], uid, url, max(0.0, now - since), admin_url(pod)))
     return out
 
 

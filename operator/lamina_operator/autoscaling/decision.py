@@ -101,12 +101,14 @@ class Decision:
         prefix = "advisory (not applied): " if self.mode == "advisory" else ""
         return prefix + "; ".join(parts)
 
-    def history_entry(self, applied: bool) -> HistoryEntry:
-        """What to remember; `applied` says whether `desired` was written to the Deployments."""
+    def history_entry(self, applied: bool, written: dict[str, int] | None = None) -> HistoryEntry:
+        """What to remember; `applied` says whether the decision was acted on, `written` the
+        replicas each pool was left at (default `desired`; a drained scale-in goes one pod at
+        a time and counts the pod being drained as gone)."""
         return HistoryEntry(
             time=self.time,
             recommended={name: p.recommended for name, p in self.pools.items()},
-            applied=self.desired() if applied else None,
+            applied=(written or self.desired()) if applied else None,
             manual_since=dict(self.manual_since),
             prefill_capacity=self.prefill_capacity,
             prefill_queued=self.prefill_queued,

@@ -32,7 +32,12 @@ def worth_recording(decision: Decision, previous: list[dict[str, Any]]) -> bool:
     return previous[-1].get("reason") != decision.reason
 
 
-def decision_record(decision: Decision, applied: bool) -> dict[str, Any]:
+def decision_record(
+    decision: Decision, applied: bool, written: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """`written`: each pool's replicas as the autoscaler left them (a pool draining a pod
+    counts one fewer; a larger scale-in continues one drain at a time)."""
+    after = written if applied and written else decision.desired()
     return {
         "time": format_time(decision.time),
         "reason": decision.reason,
@@ -41,7 +46,7 @@ def decision_record(decision: Decision, applied: bool) -> dict[str, Any]:
             {
                 "name": pool,
                 "before": p.current,
-                "after": p.desired,
+                "after": after[pool],
                 "recommended": p.recommended,
                 "ready": p.ready,
                 "starting": p.starting,
@@ -84,9 +89,14 @@ def conditions(decision: Decision, previous: list[dict[str, Any]], now: str) -> 
 
 
 def status(
-    decision: Decision, policy_name: str, limit: int, previous: dict[str, Any], applied: bool
+    decision: Decision,
+    policy_name: str,
+    limit: int,
+    previous: dict[str, Any],
+    applied: bool,
+    written: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    records = list(previous.get("decisions") or []) + [decision_record(decision, applied)]
+    records = list(previous.get("decisions") or []) + [decision_record(decision, applied, written)]
     now = format_time(decision.time)
     out: dict[str, Any] = {
         "mode": decision.mode,

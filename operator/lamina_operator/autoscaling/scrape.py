@@ -37,12 +37,14 @@ STEP_SECONDS = "lamina_engine_step_seconds_sum"
 
 @dataclass(frozen=True)
 class PodTarget:
-    """A ready pod to read: its name and uid, where /metrics is, how long it has been Ready."""
+    """A ready pod to read: its name and uid, where /metrics is, how long it has been Ready,
+    and the base URL of its internal port (the drain endpoint)."""
 
     name: str
     uid: str
     url: str
     ready_seconds: float
+    admin_url: str = ""
 
 
 @dataclass
