@@ -110,6 +110,7 @@ def test_fetch_downloads_verifies_and_loads(hub, env, tmp_path):
     assert hub.downloads == before
 
 
+@pytest.mark.slow  # two `lamina generate` processes: ~30 s on 2 cores
 def test_fetched_demo_generates_what_the_shipped_one_does(hub, env, tmp_path):
     hub.repos["lamina/demo"] = hs.HubRepo.from_folder(demo_model_path())
     dest = tmp_path / "demo"
