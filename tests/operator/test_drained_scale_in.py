@@ -293,3 +293,11 @@ def test_advisory_mode_mid_drain_gives_the_pod_back(world, engines, recorder):
     assert "the policy is advisory" in cancelled
     assert drains(world) == [] and decode_replicas(world) == 2
     assert engines[0].drain_state()["draining"] is False
+
+
+def test_an_operator_without_a_seed_says_so(world, engines, recorder, monkeypatch):
+    monkeypatch.delenv(SEED_ENV)
+    Autoscaler(world, recorder, Clock()).evaluate(NS, "qwen")
+    warning = next(m for _, r, m in recorder.events if r == "DrainUnavailable")
+    assert "no LAMINA_OPERATOR_KEY_SEED to derive it from" in warning, warning
+    assert decode_replicas(world) == 1 and drains(world) == []

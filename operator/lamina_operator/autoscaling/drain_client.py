@@ -67,9 +67,12 @@ class DrainClient:
             response = self.http.request(method, url, headers=headers)
         except httpx.HTTPError as exc:
             raise DrainError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code == 401 and key is None:
+            raise DrainError(f"{method} {url}: 401, the pod wants the internal key and the "
+                             f"operator has no {keys.SEED_ENV} to derive it from")  # fmt: skip
         if response.status_code == 401:
             raise DrainError(f"{method} {url}: 401, the pod refused the operator's internal key "
-                             "(is LAMINA_OPERATOR_KEY_SEED the one the pods' key was derived "
+                             f"(is {keys.SEED_ENV} the seed the pods' key was derived "
                              "from?)")  # fmt: skip
         if response.status_code == 404:
             raise DrainError(f"{method} {url}: 404, this engine has no drain endpoint (an "
