@@ -114,3 +114,13 @@ def test_drain_timeout_is_bounded_by_the_engines_liveness_window():
     assert AutoscalingPolicySpec.model_validate({"drain": {"timeoutSeconds": 50}})
     with pytest.raises(ValidationError, match="drain.timeoutSeconds"):
         AutoscalingPolicySpec.model_validate({"drain": {"timeoutSeconds": 300}})
+
+
+def test_the_timer_keeps_running_while_a_drain_is_recorded():
+    # autoscaling removed mid-drain: the timer must run once more to give the pod back
+    from lamina_operator.main import _autoscaled
+
+    drain = {"pool": "decode", "pod": "p", "started": "2026-01-01T00:00:00Z", "replicas": 2}
+    assert _autoscaled(spec={}, status={"autoscaling": {"drains": [drain]}})
+    assert not _autoscaled(spec={}, status={"autoscaling": {"drains": []}})
+    assert _autoscaled(spec={"autoscaling": {"enabled": True}}, status={})
