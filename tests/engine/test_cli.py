@@ -68,7 +68,8 @@ def test_every_setting_is_one_flag_and_one_variable_of_the_same_name():
     engine = {s.name for s in settings(EngineConfig)}
     for s in settings(ServeConfig):
         assert s.flag == "--" + s.name.replace("_", "-") and s.env == "LAMINA_" + s.name.upper()
-        assert (s.flag in serve_flags) == (s.name != "kv_redis_password"), s.name  # no secrets
+        secret = s.name in ("kv_redis_password", "api_key", "internal_key")  # variables only
+        assert (s.flag in serve_flags) == (not secret), s.name
     assert engine <= {s.name for s in settings(ServeConfig)}  # the whole EngineConfig, flat
     assert {"speed_prefill_layers", "speed_anchors", "scheduling_policy"} <= engine
     generate = build_parser()._subparsers._group_actions[0].choices["generate"]
