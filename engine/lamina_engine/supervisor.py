@@ -1,7 +1,9 @@
 """Supervisor: the processes of `lamina up`, kept running the way a kubelet keeps a pod's.
 
     Child       one process: its name, command line, environment, the ports it binds, and
-                the URL that answers 200 once it serves (else: its ports accept connections)
+                the URL that answers 200 once it serves; it serves when it listens on its
+                ports itself (/proc: another process on the port never counts) and that URL
+                answers
     Supervisor  start()       refuses ports already in use (PortInUse), then spawns every child
                 wait_ready()  until every child serves; a child that exits first is an error
                 watch()       a child that exits is restarted after 1 s, 2 s, 4 s, ... (at most
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import signal
 import socket
 import subprocess
@@ -78,6 +81,35 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
+def listening(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds a listening TCP socket on `port` (Linux: /proc;
+    elsewhere: whether the port accepts), so another server on that port never counts."""
+    if not os.path.isdir("/proc/net"):
+        return _accepts("127.0.0.1", port)
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:  # sl local_address rem_address st ... inode
+                    cols = line.split()
+                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{cols[9]}]")
+        except OSError:
+            continue
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -113,10 +145,11 @@ class Child:
         self.started_at, self.restart_at, self.serving = time.monotonic(), None, False
 
     def probe(self) -> bool:
-        """Serving: alive, every port accepts, and the health URL (if any) answers 200."""
+        """Serving: alive, listening itself on every port, and the health URL (if any)
+        answers 200."""
         if self.proc is None or self.proc.poll() is not None:
             return False
-        if not all(_accepts(self.host, p) for p in self.ports):
+        if not all(listening(self.proc.pid, p) for p in self.ports):
             return False
         if self.health is None:
             return True

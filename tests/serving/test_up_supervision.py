@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -106,16 +107,31 @@ def test_a_killed_prefill_is_restarted_while_requests_succeed(tiny_model, redis_
         up.kill_all()
 
 
+class _Healthy(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"status": "ok"}')
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 def test_a_port_in_use_is_an_error_and_never_up(tiny_model):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    """The router's port is held by another server that answers /health with 200 (an earlier
+    `lamina up`, say): an error naming the port, and no "Lamina is up"."""
+    other = ThreadingHTTPServer(("127.0.0.1", 0), _Healthy)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    port = other.server_address[1]
+    try:
         up = Up(tiny_model, port)
         try:
             code = up.proc.wait(120)
         finally:
             up.kill_all()
+    finally:
+        other.shutdown()
+        other.server_close()
     assert code != 0
     assert f"port {port} on 127.0.0.1 (router) is in use by another process" in up.text
     assert "Lamina is up" not in up.text
