@@ -76,6 +76,12 @@ class RouterServer:
         self._tasks: set[asyncio.Task] = set()
         self.app = self._build()
         self.internal_app = internal_app("Lamina router", self, self.metrics)
+        if config.internal_key is None:
+            log.warning(
+                "LAMINA_INTERNAL_KEY is not set: the router's internal port is open to anyone "
+                "who reaches it, and its KV handles are unsigned, so decode pods use shipped KV "
+                "without ever caching it"
+            )
 
     def _pod_headers(self) -> dict[str, str]:
         key = self.config.internal_key
