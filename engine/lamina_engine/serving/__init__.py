@@ -13,6 +13,7 @@ engine_commands.py  typed commands from the asyncio handlers to the engine threa
 async_engine.py     AsyncEngine: the engine loop on a thread, asyncio token streams
 engine_server.py    EngineServer: the FastAPI app of a unified, prefill or decode pod
 prefill_shipper.py  prefill side: run a prompt, put its KV groups as they are computed
+shipped_kv.py       prefill side: KV published that no decode pod has read yet (drain)
 kv_loading.py       decode side: load each received KV group as it arrives, or recompute
 kv_shipping.py      prompt KV from prefill to decode over a KVTransport (both sides)
 pod_pickers.py      which prefill and decode pod serve a request: FLOPs, decaying load

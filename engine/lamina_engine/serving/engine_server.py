@@ -42,7 +42,7 @@ from lamina_engine.serving.kv_handles import Verdict, check_id, verify
 from lamina_engine.serving.metrics import ServerMetrics
 from lamina_engine.serving.openai_app import openai_app
 from lamina_engine.serving.prefill_shipper import PrefillShipper
-from lamina_engine.serving.prepared_request import PreparedRequest, prepare
+from lamina_engine.serving.prepared_request import PreparedRequest, check_fits, prepare
 from lamina_engine.serving.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -50,6 +50,7 @@ from lamina_engine.serving.protocol import (
     error_body,
 )
 from lamina_engine.serving.responses import SSE_DONE, ResponseBuilder, sse
+from lamina_engine.serving.shipped_kv import ShippedKV
 from lamina_engine.transfer import KVTransferError
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,7 @@ class EngineServer:
         # KV handles whose prefill failed (router's notice) -> monotonic time; waiters' events
         self._kv_aborted: dict[str, float] = {}
         self._kv_waiters: dict[str, asyncio.Event] = {}
-        # prefill role: handles whose KV this pod shipped -> monotonic time it expires
-        self._shipped: dict[str, float] = {}
+        self.shipped = ShippedKV(config.kv_ttl_seconds)  # prefill role: KV not yet read
         if config.role in ("prefill", "decode") and config.internal_key is None:
             log.warning(
                 "LAMINA_INTERNAL_KEY is not set: the internal port %s is open to anyone who "
@@ -151,24 +151,9 @@ class EngineServer:
     async def drain_report(self) -> dict:
         """The drain state (internal_app.py): requests in flight and KV transfers pending."""
         n = self.async_engine.num_in_flight if self.async_engine else 0
-        return {"draining": self.draining, "in_flight": n, "kv_pending": await self._kv_pending()}
-
-    async def _kv_pending(self) -> int:
-        """Decode: KV loads in progress. Prefill: shipped KV not yet read (the decode pod
-        deletes it once loaded) and not expired."""
-        pending = len(self._kv_waiters)
-        now = time.monotonic()
-        for h in [h for h, end in self._shipped.items() if end <= now]:
-            del self._shipped[h]
-        if self._shipped and self.transport is not None:
-            handles = list(self._shipped)
-            ready = await asyncio.gather(
-                *(self.transport.groups_ready(h) for h in handles), return_exceptions=True
-            )
-            for h, r in zip(handles, ready, strict=True):
-                if not isinstance(r, BaseException) and not r.groups:
-                    self._shipped.pop(h, None)  # read and deleted by the decode pod
-        return pending + len(self._shipped)
+        # kv_pending: a decode pod's KV loads in progress, a prefill pod's KV not yet read
+        kv = len(self._kv_waiters) + await self.shipped.pending(self.transport)
+        return {"draining": self.draining, "in_flight": n, "kv_pending": kv}
 
     # ------------------------------------------------------------------ requests
     def _check_serving(self, model: str) -> AsyncEngine:
@@ -202,28 +187,12 @@ class EngineServer:
         against this engine first; a KV handle against the prompt)."""
         prepared = PreparedRequest.from_wire(body)
         ae = self._check_serving(prepared.model)
-        self._check_prompt(prepared, ae)
+        check_fits(prepared, ae.engine.max_model_len, ae.engine.model.config.vocab_size)
         verdict = None
         if prepared.kv_handle is not None:
             verdict = verify(self.config.internal_key, prepared.kv_handle, prepared.prompt_ids,
                              self.config.model_name)  # fmt: skip
         return await self._serve(prepared, request, verdict)
-
-    def _check_prompt(self, req: PreparedRequest, ae: AsyncEngine) -> None:
-        """A router's prompt ids against this engine's context and vocabulary: 400 here, before
-        the engine thread spends time on them (the engine checks the same again)."""
-        engine = ae.engine
-        n, context = len(req.prompt_ids), engine.max_model_len
-        if n + 1 > context:
-            raise OpenAIError(
-                400, f"prompt has {n} tokens; the context is {context} tokens (max_model_len), "
-                "which must hold the prompt and at least one output token", param="prompt_ids",
-            )  # fmt: skip
-        vocab = engine.model.config.vocab_size
-        if min(req.prompt_ids) < 0 or max(req.prompt_ids) >= vocab:
-            raise OpenAIError(
-                400, f"prompt token ids must be in [0, {vocab}) for this model", param="prompt_ids"
-            )
 
     async def _serve(self, req: PreparedRequest, request: Request, verdict: Verdict | None = None):
         ae = self.async_engine
@@ -345,10 +314,10 @@ class EngineServer:
         if req.kv_handle is None:
             raise OpenAIError(400, "kv_handle is required", param="kv_handle")
         ae = self._check_serving(req.model)
-        self._check_prompt(req, ae)
+        check_fits(req, ae.engine.max_model_len, ae.engine.model.config.vocab_size)
         # KV is published under a handle only for the prompt it was minted for
         verify(self.config.internal_key, req.kv_handle, req.prompt_ids, self.config.model_name)
         params = dataclasses.replace(req.params, max_tokens=1, min_tokens=0, logprobs=None)
         report = await self.shipper.run(ae, req.kv_handle, req.prompt_ids, params)
-        self._shipped[req.kv_handle] = time.monotonic() + self.config.kv_ttl_seconds
+        self.shipped.add(req.kv_handle)
         return report

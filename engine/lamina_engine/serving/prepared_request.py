@@ -90,6 +90,21 @@ def prepare(
     return PreparedRequest(kind, req.model, ids, params, req.stream, usage, req.return_token_ids)
 
 
+def check_fits(req: PreparedRequest, max_model_len: int, vocab_size: int) -> None:
+    """A router's prompt ids against a pod's context and vocabulary: OpenAIError 400 in the
+    handler, before the engine thread spends time on them (the engine checks them again)."""
+    n = len(req.prompt_ids)
+    if n + 1 > max_model_len:
+        raise OpenAIError(
+            400, f"prompt has {n} tokens; the context is {max_model_len} tokens (max_model_len), "
+            "which must hold the prompt and at least one output token", param="prompt_ids",
+        )  # fmt: skip
+    if min(req.prompt_ids) < 0 or max(req.prompt_ids) >= vocab_size:
+        raise OpenAIError(
+            400, f"prompt token ids must be in [0, {vocab_size}) for this model", param="prompt_ids"
+        )
+
+
 def sampling_params(
     req: CompletionRequest | ChatCompletionRequest, defaults: dict
 ) -> SamplingParams:
