@@ -86,3 +86,25 @@ def test_kv_pending_counts_transfers(start, tiny_model, redis_server, wait_for):
     thread.join(30)
     assert result == [200]
     assert drain(decode, "GET") == {"draining": False, "in_flight": 0, "kv_pending": 0}
+
+
+def test_router_sends_elsewhere_what_a_pod_refuses_while_draining(start, tiny_model):
+    """A pod drained between two of the router's polls answers 503 to what the router still
+    sends it; the router gives that request to another pod instead of passing the 503 on
+    (lamina_router_retries_total{reason="unavailable"}). Polls are an hour apart here, so the
+    router cannot have learned of the drain any other way."""
+    a = start(role="unified", model=str(tiny_model), internal_key=KEY)
+    b = start(role="unified", model=str(tiny_model), internal_key=KEY)
+    router = start(role="router", model=str(tiny_model), internal_key=KEY,
+                   decode_service=f"{a.address},{b.address}", backend_poll_seconds=3600,
+                   decode_picker="round-robin")  # fmt: skip
+    drain(a, "POST")
+    answers = [httpx.post(f"{router.url}/v1/completions", json=BODY, timeout=60) for _ in range(4)]
+    streamed = httpx.post(f"{router.url}/v1/completions", json=dict(BODY, stream=True), timeout=60)
+    assert [r.status_code for r in answers] == [200] * 4, [r.text for r in answers]
+    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+    metrics = httpx.get(f"{router.url}/metrics", timeout=30).text
+    assert 'lamina_router_retries_total{reason="unavailable",role="router"}' in metrics
+    drain(b, "POST")  # nowhere left to go: the client gets the pod's 503, which it may retry
+    refused = httpx.post(f"{router.url}/v1/completions", json=BODY, timeout=60)
+    assert refused.status_code == 503 and "draining" in refused.json()["error"]["message"]

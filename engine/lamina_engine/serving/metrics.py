@@ -98,7 +98,8 @@ class ServerMetrics:
         self.router_retries = Counter(
             "lamina_router_retries_total",
             "Requests the router sent to another pod before any output (reason: connect, the "
-            "pod refused or dropped the connection; read, it died before its first byte).",
+            "pod refused or dropped the connection; read, it died before its first byte; unavailable, "
+            "it answered 503: draining or not ready since the router last polled it).",
             ["role", "reason"], registry=r,
         )  # fmt: skip
         self.router_upstream_failures = Counter(

@@ -245,20 +245,44 @@ class RouterServer:
             return Response(content, upstream.status_code, media_type=media)
 
     async def _open(self, pod, path: str, body: dict, pods, tried: list):
-        """(pod, its streamed response), failing over once on a connection failure."""
+        """(pod, its streamed response), failing over once on a connection failure or a 503
+        (the pod began draining, or is not ready, since the last poll: it did no work)."""
         while True:
             tried.append(pod)
             pod.in_flight += 1
             request = self.client.build_request("POST", f"{pod.url}{path}", json=body)
             try:
-                return pod, await self.client.send(request, stream=True)
+                upstream = await self.client.send(request, stream=True)
             except httpx.TransportError as exc:
                 pod.in_flight -= 1
                 pod = self._failover(pod, pods, tried, "connect", exc)
                 body = {k: v for k, v in body.items() if k != "kv_handle"}
+                continue
             except BaseException:  # cancelled: the client left
                 pod.in_flight -= 1
                 raise
+            other = self._instead_of_refusing(pod, upstream, pods, tried)
+            if other is None:
+                return pod, upstream
+            pod.in_flight -= 1
+            await upstream.aclose()
+            pod = other
+            body = {k: v for k, v in body.items() if k != "kv_handle"}  # recompute there
+
+    def _instead_of_refusing(self, pod, upstream: httpx.Response, pods, tried: list):
+        """Another pod to send the request to when `pod` answered 503 before any work (it
+        began draining since the last poll); None to relay the answer as it is (not a 503, or
+        no untried pod left: the client gets the 503, which is retryable)."""
+        if upstream.status_code != 503:
+            return None
+        others = [p for p in pods if p.available and all(p is not t for t in tried)]
+        if len(tried) >= 2 or not others:
+            return None
+        pod.draining = True  # until its next poll says otherwise
+        log.info("backend %s answered 503 (draining or not ready); retrying on another",
+                 pod.address)  # fmt: skip
+        self.metrics.router_retries.labels("router", "unavailable").inc()
+        return self.decode_picker.pick(others)
 
     def _failover(self, pod, pods, tried: list, reason: str, exc: Exception):
         """`pod` failed before any output: mark it down and pick another not tried yet (one
