@@ -102,8 +102,9 @@ def test_engine_config_map_carries_settings(gpu_spec):
 def test_probes_and_security(gpu_spec):
     dep = _children(gpu_spec)[("Deployment", "qwen-decode")].manifest
     pod, c = dep["spec"]["template"]["spec"], _container(dep)
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert c[probe]["httpGet"] == {"path": "/health", "port": "http", "scheme": "HTTP"}
+    paths = {"readinessProbe": "/health", "livenessProbe": "/livez", "startupProbe": "/health"}
+    for probe, path in paths.items():  # liveness holds while draining; readiness does not
+        assert c[probe]["httpGet"] == {"path": path, "port": "http", "scheme": "HTTP"}
     # probes stay on the public port; the internal one is declared second
     assert c["ports"] == [
         {"name": "http", "containerPort": 8000, "protocol": "TCP"},

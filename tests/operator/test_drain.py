@@ -105,15 +105,21 @@ def test_demand_rising_cancels_a_drain_and_more_scale_in_waits_for_it():
     assert on_demand(removing, 3).action == "cancel"  # replicas go back up: it serves again
 
 
-def test_drain_timeout_is_bounded_by_the_engines_liveness_window():
+def test_drain_timeout_is_bounded_and_outlasts_the_liveness_probe():
+    """A draining engine stays live (/livez), so drains may outlast the liveness probe's
+    minute; ten minutes is the bound."""
     from pydantic import ValidationError
 
     from lamina_operator.api import AutoscalingPolicySpec
+    from lamina_operator.builders.pods import probes
 
-    assert AutoscalingPolicySpec().drain.timeout_seconds == 45
-    assert AutoscalingPolicySpec.model_validate({"drain": {"timeoutSeconds": 50}})
+    assert AutoscalingPolicySpec().drain.timeout_seconds == 120
+    assert AutoscalingPolicySpec.model_validate({"drain": {"timeoutSeconds": 600}})
     with pytest.raises(ValidationError, match="drain.timeoutSeconds"):
-        AutoscalingPolicySpec.model_validate({"drain": {"timeoutSeconds": 300}})
+        AutoscalingPolicySpec.model_validate({"drain": {"timeoutSeconds": 601}})
+    live = probes(600)["livenessProbe"]
+    assert live["httpGet"]["path"] == "/livez"
+    assert live["periodSeconds"] * live["failureThreshold"] < 120
 
 
 def test_the_timer_keeps_running_while_a_drain_is_recorded():

@@ -36,6 +36,8 @@ def _drain_and_undrain_around_a_stream(srv, wait_for) -> None:
         assert drain(srv, "POST") == {"draining": True, "in_flight": 1, "kv_pending": 0}
         health = httpx.get(f"{srv.url}/health", timeout=30)
         assert health.status_code == 503 and health.json()["error"]["message"] == "draining"
+        live = httpx.get(f"{srv.url}/livez", timeout=30)  # the liveness probe: no restart
+        assert live.status_code == 200, live.text
         refused = httpx.post(f"{srv.url}/v1/completions", json=BODY, timeout=60)
         assert refused.status_code == 503 and "draining" in refused.json()["error"]["message"]
         assert drain(srv, "GET")["draining"] is True

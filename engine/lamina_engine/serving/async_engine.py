@@ -83,6 +83,11 @@ class AsyncEngine:
             self._thread.join(timeout_s)
 
     @property
+    def alive(self) -> bool:
+        """The engine thread runs (it exits only on shutdown or a bug that escaped a step)."""
+        return self._thread.is_alive()
+
+    @property
     def num_in_flight(self) -> int:
         with self._lock:
             return len(self._streams)

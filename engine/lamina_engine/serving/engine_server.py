@@ -135,6 +135,16 @@ class EngineServer:
             return JSONResponse(error_body(503, "draining"), 503)
         return JSONResponse({"status": "ok", "role": self.config.role})
 
+    async def live(self) -> JSONResponse:
+        """Liveness (the kubelet restarts the container on 503): the process answers and the
+        engine did not fail. Loading and draining are alive: a drain may outlast the liveness
+        probe's patience, and /health (readiness) already takes the pod out of the Service."""
+        if self.load_error:
+            return JSONResponse(error_body(503, f"engine failed: {self.load_error}"), 503)
+        if self.async_engine is not None and not self.async_engine.alive and not self.draining:
+            return JSONResponse(error_body(503, "the engine thread has stopped"), 503)
+        return JSONResponse({"status": "alive"})
+
     async def models(self) -> dict:
         return {
             "object": "list",

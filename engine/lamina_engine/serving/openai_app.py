@@ -15,11 +15,11 @@ from lamina_engine.serving.http_limits import BodyLimit
 from lamina_engine.serving.metrics import CONTENT_TYPE, ServerMetrics
 from lamina_engine.serving.protocol import OpenAIError, error_body
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})  # the kubelet's probes and Prometheus
+OPEN_PATHS = frozenset({"/health", "/livez", "/metrics"})  # the kubelet's probes, Prometheus
 
 
 def openai_app(title: str, lifespan, server, metrics: ServerMetrics) -> FastAPI:
-    """The public app: GET /health, /v1/models and POST /v1/completions, /v1/chat/completions
+    """The public app: GET /health, /livez, /v1/models and POST /v1/completions, /v1/chat/completions
     with `server`'s methods of those names, and GET /metrics. All but OPEN_PATHS need `api_key`
     when one is set; bodies over `max_request_bytes` are 413s. Nothing internal is here
     (serving/internal_app.py)."""
@@ -30,7 +30,8 @@ def openai_app(title: str, lifespan, server, metrics: ServerMetrics) -> FastAPI:
     app.add_middleware(
         BearerKey, key=server.config.api_key, setting="LAMINA_API_KEY", open_paths=OPEN_PATHS
     )
-    app.get("/health")(server.health)
+    app.get("/health")(server.health)  # readiness: 503 while loading, draining, failed
+    app.get("/livez")(server.live)  # liveness: 503 only when the server must be restarted
     app.get("/v1/models")(server.models)
     app.post("/v1/completions")(server.completions)
     app.post("/v1/chat/completions")(server.chat)

@@ -118,6 +118,11 @@ class RouterServer:
                "backends ready; need a prefill and a decode pod, or a unified one")  # fmt: skip
         return JSONResponse(error_body(503, msg), 503)
 
+    async def live(self) -> JSONResponse:
+        """Liveness: the event loop answers. Draining and missing backends are readiness
+        matters (/health), not reasons to restart the router."""
+        return JSONResponse({"status": "alive"})
+
     async def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.config.model_name, "object": "model",
                                             "owned_by": "lamina", "created": 0}]}  # fmt: skip

@@ -15,8 +15,9 @@ from pydantic import Field, model_validator
 from .common import KubeModel
 
 # Engine pods' liveness probe restarts a container after 6 failed /health checks 10 s apart;
-# /health is 503 while draining, so a drain must end before that (builders/pods.py).
-DRAIN_TIMEOUT_LIMIT_SECONDS = 50
+# A draining engine stays live (/livez; builders/pods.py), so a drain may be long; ten minutes
+# bounds how long a scale-in decision can take to act.
+DRAIN_TIMEOUT_LIMIT_SECONDS = 600
 
 
 class LatencyTarget(KubeModel):
@@ -101,14 +102,14 @@ class DrainPolicy(KubeModel):
     """Scale-in: the pod chosen to go is drained (no new work) before its pool shrinks."""
 
     timeout_seconds: int = Field(
-        default=45,
+        default=120,  # the engine pods' terminationGracePeriodSeconds: the same patience
         ge=5,
         le=DRAIN_TIMEOUT_LIMIT_SECONDS,
         description=(
             "Most seconds to wait for the drained pod's requests and KV transfers to finish; "
-            "then it is removed anyway (Warning Event DrainTimedOut). At most 50: a draining "
-            "engine answers /health 503, and its liveness probe (6 x 10 s) restarts it after "
-            "about a minute, which would end the requests a longer drain waits for."
+            "then it is removed anyway (Warning Event DrainTimedOut). At most 600. A draining "
+            "engine is out of the Service (readiness /health is 503) but stays live (/livez), "
+            "so long generations can finish."
         ),
     )
 

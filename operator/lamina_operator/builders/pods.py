@@ -37,10 +37,12 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def http_probe(period: int, failures: int, timeout: int = 3) -> dict[str, Any]:
-    """GET /health on the named `http` port."""
+def http_probe(
+    period: int, failures: int, timeout: int = 3, path: str = "/health"
+) -> dict[str, Any]:
+    """GET `path` on the named `http` port."""
     return {
-        "httpGet": {"path": "/health", "port": "http", "scheme": "HTTP"},
+        "httpGet": {"path": path, "port": "http", "scheme": "HTTP"},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -52,11 +54,13 @@ def probes(startup_budget_seconds: int) -> dict[str, Any]:
     """Readiness (5 s), liveness (10 s × 6) and a startup probe covering model loading.
 
     The liveness probe only starts once the startup probe passed, so a slow checkpoint load
-    (up to `startup_budget_seconds`) never gets the container killed.
+    (up to `startup_budget_seconds`) never gets the container killed. Readiness is /health
+    (503 while loading or draining: out of the Service); liveness is /livez, which stays 200
+    while draining, so a drain may take as long as the autoscaler's drain timeout allows.
     """
     return {
         "readinessProbe": http_probe(period=5, failures=3),
-        "livenessProbe": http_probe(period=10, failures=6, timeout=5),
+        "livenessProbe": http_probe(period=10, failures=6, timeout=5, path="/livez"),
         "startupProbe": http_probe(period=10, failures=max(1, startup_budget_seconds // 10)),
     }
 
