@@ -16,6 +16,7 @@ prefill_shipper.py  prefill side: run a prompt, put its KV groups as they are co
 shipped_kv.py       prefill side: KV published that no decode pod has read yet (drain)
 kv_loading.py       decode side: load each received KV group as it arrives, or recompute
 kv_shipping.py      prompt KV from prefill to decode over a KVTransport (both sides)
+kv_progress.py      the prefill's progress notices; the decode side's verdict on lost KV
 pod_pickers.py      which prefill and decode pod serve a request: FLOPs, decaying load
 backends.py         the router's pod discovery and health polling
 router_server.py    RouterServer: the front door (HTTP app)
