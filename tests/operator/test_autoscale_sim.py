@@ -47,8 +47,40 @@ def test_scale_in_drains_busy_pods_and_drops_starting_ones_first():
     cluster.decode.scale_to(1, 3.0)  # removes the starting pod, drains one idle ready pod
     busy = [p for p in cluster.decode.pods if p.running]
     assert len(cluster.decode.live()) == 1 and busy and not busy[0].draining
-    cluster.decode.reap()
+    assert cluster.decode.reap(3.0, 120.0) == []
     assert len(cluster.decode.pods) == 1
+
+
+def _busy_decode(pods: int) -> Cluster:
+    cluster = Cluster(PROFILE, prefill=1, decode=pods)
+    for i in range(pods):  # one long generation on each decode pod
+        cluster.arrive(Request(i, 0.0, prompt=100, output=5000))
+    for t in range(3):
+        cluster.tick(float(t), 1.0)
+    return cluster
+
+
+def test_scale_in_drains_one_pod_per_pool_at_a_time_as_the_operator():
+    cluster = _busy_decode(4)
+    pool = cluster.decode
+    assert pool.scale_to(1, 3.0) == 3  # 4 -> 1 asked: one pod drains, the pool counts 3
+    assert sum(p.draining for p in pool.pods) == 1
+    assert pool.scale_to(1, 18.0) == 3  # a drain is in progress: nothing more
+    assert sum(p.draining for p in pool.pods) == 1
+    assert pool.scale_to(4, 33.0) == 4  # demand rose: the drained pod serves again
+    assert len(pool.pods) == 4 and not any(p.draining for p in pool.pods)
+
+
+def test_drain_timeout_removes_the_pod_and_loses_its_requests():
+    cluster = _busy_decode(2)  # 5000 tokens left on each pod: about 90 s of decoding
+    cluster.drain_timeout = 30.0
+    assert cluster.decode.scale_to(1, 3.0) == 1
+    for t in range(3, 32):
+        cluster.tick(float(t), 1.0)
+    assert len(cluster.decode.pods) == 2 and not cluster.lost  # still draining at 31 s
+    for t in range(32, 35):
+        cluster.tick(float(t), 1.0)
+    assert len(cluster.decode.pods) == 1 and len(cluster.lost) == 1
 
 
 def test_runs_are_reproducible():

@@ -9,9 +9,13 @@ step of profile.step_seconds(batch). Within a tick every quantity is exact for p
 with known arrival times) and fluid for decode (a sequence makes dt/step tokens).
 
 Pods: created -> Ready after startup_seconds -> warming (slower) for warmup_seconds. Scaling
-in removes starting pods first (what a ReplicaSet deletes first), then drains the ready pod
-with the least outstanding work: it takes no new work and goes when empty (GPU time counted
-until then). Every controller is scored with the same drained scale-in.
+in is the operator's (drain.py, scale_in.py), one drain per pool at a time: pods still starting
+go at once (what a ReplicaSet deletes first); the rest of the reduction is one drained ready pod
+(the least outstanding work), which takes no new work and goes when empty, or when the drain
+timeout passes (its unfinished requests are lost: `Cluster.lost`). While a pool drains a pod, a
+lower count changes nothing (the operator scales in further at later evaluations); a higher one
+cancels the drain first (the drained pod serves again) and starts pods for the rest. GPU time
+is counted until a pod is removed. Every controller is scored with the same scale-in.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class Pod:
     created: float
     ready_at: float
     draining: bool = False
+    drain_started: float = 0.0
     queue: deque = field(default_factory=deque)  # prefill: Jobs, FIFO
     running: list = field(default_factory=list)  # decode: Jobs
     kv_reserved: int = 0
@@ -92,36 +97,59 @@ class Pool:
     def warming(self, pod: Pod, now: float) -> bool:
         return pod.ready(now) and now < pod.ready_at + self.profile.warmup_seconds
 
-    def scale_to(self, n: int, now: float) -> None:
-        live = self.live()
+    def draining(self) -> Pod | None:
+        return next((p for p in self.pods if p.draining), None)
+
+    def scale_to(self, n: int, now: float) -> int:
+        """Ask for n replicas; returns what the pool counts now (the drained pod not counted),
+        which is what the operator records: a larger scale-in goes one drain at a time."""
+        live, drained = self.live(), self.draining()
+        if n > len(live) and drained is not None:  # demand rose: the drained pod serves again
+            drained.draining = False
+            live, drained = self.live(), None
         for _ in range(n - len(live)):
             self.pods.append(
                 Pod(f"{self.role}-{self._next}", now, now + self.profile.startup_seconds)
             )
             self._next += 1
         excess = len(live) - n
-        if excess <= 0:
-            return
+        if excess <= 0 or drained is not None:
+            return len(self.live())
         starting = [p for p in live if not p.ready(now)]
         for pod in starting[::-1][:excess]:
             self.pods.remove(pod)
             excess -= 1
         ready = sorted((p for p in self.live() if p.ready(now)), key=Pod.outstanding)
-        for pod in ready[:excess]:
-            pod.draining = True
+        if excess > 0 and ready:
+            ready[0].draining, ready[0].drain_started = True, now
+        return len(self.live())
 
-    def reap(self) -> None:
-        self.pods = [p for p in self.pods if not (p.draining and not p.queue and not p.running)]
+    def reap(self, now: float, timeout: float) -> list[Job]:
+        """Remove drained pods that are empty or past the drain timeout; returns the jobs the
+        latter still held (lost: the operator removes the pod anyway)."""
+        lost: list[Job] = []
+        keep = []
+        for pod in self.pods:
+            if pod.draining and (not (pod.queue or pod.running)
+                                 or now - pod.drain_started >= timeout):  # fmt: skip
+                lost += list(pod.queue) + pod.running
+            else:
+                keep.append(pod)
+        self.pods = keep
+        return lost
 
 
 class Cluster:
-    def __init__(self, profile: ServiceProfile, prefill: int, decode: int):
-        self.profile = profile
+    def __init__(
+        self, profile: ServiceProfile, prefill: int, decode: int, drain_timeout: float = 120.0
+    ):
+        self.profile, self.drain_timeout = profile, drain_timeout
         self.prefill = Pool("prefill", prefill, profile)
         self.decode = Pool("decode", decode, profile)
         self.router_prefill: deque[Job] = deque()  # no ready prefill pod
         self.router_decode: deque[Job] = deque()  # KV shipped, no decode slot yet
         self.done: list[Job] = []
+        self.lost: list[Job] = []  # on a pod removed when its drain timed out
 
     def pools(self) -> dict[str, Pool]:
         return {"prefill": self.prefill, "decode": self.decode}
@@ -139,8 +167,8 @@ class Cluster:
         self._admit(now, dt)
         for pod in self.decode.pods:
             self._decode(pod, now, dt)
-        self.prefill.reap()
-        self.decode.reap()
+        for pool in (self.prefill, self.decode):
+            self.lost += pool.reap(now + dt, self.drain_timeout)
 
     def _route_prefill(self, now: float) -> None:
         pods = self.prefill.serving(now)

@@ -22,6 +22,7 @@ from .profile import ServiceProfile
 from .traces import Trace
 
 DRAIN_LIMIT_SECONDS = 1800  # a run that cannot finish its backlog in this long stops anyway
+HISTORY_ENTRIES = 480  # 2 h of 15 s evaluations: the operator keeps 2 h (HISTORY_SECONDS)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Result:
     gpu_hours: float = 0.0
     actions: int = 0
     unfinished: int = 0
+    lost: int = 0  # on pods removed when their drain timed out (never attained)
     reasons: dict[str, int] = field(default_factory=dict)
     # one row per evaluation: (t, prefill, decode, TTFT p90 of the interval, TBT p90)
     timeline: list[tuple[float, int, int, float, float]] = field(default_factory=list)
@@ -58,10 +60,15 @@ class DecideController:
         self.reasons: dict[str, int] = {}
 
     def __call__(self, obs) -> dict[str, int]:
-        dec = decide(self.policy, obs, self.history)
-        self.history = (self.history + [dec.history_entry(applied=True)])[-100:]
+        self.decision = dec = decide(self.policy, obs, self.history)
         self.reasons[dec.reason] = self.reasons.get(dec.reason, 0) + 1
         return dec.desired()
+
+    def written(self, replicas: dict[str, int]) -> None:
+        """What each pool was left at (a drain counts as gone; a larger scale-in waits): the
+        operator records that, not `desired` (autoscaler.py)."""
+        entry = self.decision.history_entry(applied=True, written=replicas)
+        self.history = (self.history + [entry])[-HISTORY_ENTRIES:]
 
 
 class HpaController:
@@ -110,7 +117,7 @@ def run_trace(
     seed: int = 0,
 ) -> Result:
     requests = trace.requests(seed)
-    cluster = Cluster(profile, *start)
+    cluster = Cluster(profile, *start, drain_timeout=policy.drain.timeout_seconds)
     interval = policy.evaluation_interval_seconds
     result = Result(trace.name, controller.name, requests=len(requests))
     ttft_target = policy.ttft.target_milliseconds / 1000 if policy.ttft else float("inf")
@@ -127,10 +134,13 @@ def run_trace(
         if t % interval == 0:
             obs = cluster.observe(float(t), float(interval))
             want = controller(obs)
+            written = {}
             for name, pool in cluster.pools().items():
-                if want[name] != obs.pools[name].desired:
+                written[name] = pool.scale_to(want[name], float(t))
+                if written[name] != obs.pools[name].desired:
                     result.actions += 1
-                    pool.scale_to(want[name], float(t))
+            if hasattr(controller, "written"):
+                controller.written(written)
             recent = cluster.done[seen_done:]
             seen_done = len(cluster.done)
             result.timeline.append(
@@ -138,12 +148,13 @@ def run_trace(
                  _p90([j.first_token - j.req.arrival for j in recent]),
                  _p90([j.max_step for j in recent]))
             )  # fmt: skip
-        if i == len(requests) and len(cluster.done) == len(requests):
+        if i == len(requests) and len(cluster.done) + len(cluster.lost) == len(requests):
             break
         if t > trace.duration + DRAIN_LIMIT_SECONDS:
             break
     done = cluster.done
-    result.unfinished = len(requests) - len(done)
+    result.lost = len(cluster.lost)
+    result.unfinished = len(requests) - len(done) - result.lost
     ttft = [j.first_token - j.req.arrival for j in done]
     tbt = [j.max_step for j in done]
     n = max(len(requests), 1)
