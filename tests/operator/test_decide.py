@@ -329,3 +329,88 @@ def test_prefill_capacity_is_measured_from_busy_time():
     assert d.prefill_capacity == pytest.approx(2400.0)
     util = next(s for s in d.pools["prefill"].signals if s.name == "utilization")
     assert util.value == pytest.approx(0.25)  # 1200 tok/s of 2 x 2400
+
+
+def _decode_demand(phases, until, policy_spec=None):
+    """Decode demand in pods' worth (at the KV target) per phase start; pods ready at once.
+    Returns {time: (replicas after the decision, learned scale-down window)}."""
+    pol = policy_spec or policy()
+    replicas, history, out = 2, [], {}
+    for t in range(0, until, 15):
+        demand = [d for start, d in phases if start <= t][-1]
+        o = obs(t, prefill(2), decode(replicas, tbt=0.005, kv=0.8 * demand / replicas))
+        d = decide(pol, o, history)
+        history.append(d.history_entry(applied=True))
+        replicas = d.pools["decode"].desired
+        out[t] = (replicas, d.scale_down_seconds["decode"])
+    return out
+
+
+# (name, [(phase start s, demand in pods)], time checked, replicas then, window then (s))
+LEARNED_WINDOW = [
+    # 6 pods needed until 45 s, scaled down to 2 after the 300 s window, needed again at 900 s:
+    # the window grows to 1.25 x (900 - 45) and holds the 6 pods through the next lull.
+    ("demand back after a scale-down: the window covers the lull",
+     [(0, 6), (60, 2), (900, 6), (1000, 2)], 1800, 6, 1.25 * 855),
+    # the last 6 was recommended at 990 s: down from 990 + 1069 s, one pod per evaluation
+    ("the learned window ends too: down after 1069 s without demand",
+     [(0, 6), (60, 2), (900, 6), (1000, 2)], 2250, 2, 1.25 * 855),
+    ("a lull shorter than the window taught nothing (no scale-down in it)",
+     [(0, 6), (60, 2), (300, 6), (400, 2)], 1200, 2, 300),
+    ("a first burst teaches nothing", [(0, 2), (600, 6), (700, 2)], 1200, 2, 300),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,phases,at,replicas,window", LEARNED_WINDOW,
+                         ids=[row[0] for row in LEARNED_WINDOW])  # fmt: skip
+def test_scale_down_window_learned_from_returning_demand(name, phases, at, replicas, window):
+    got = _decode_demand(phases, at + 15)
+    assert got[at][0] == replicas, got
+    assert got[at][1] == pytest.approx(window)
+
+
+def test_learned_window_is_explained_and_capped():
+    got = []
+    pol = policy()
+    replicas, history = 2, []
+    # 6 pods at 0 s, a lull scaled down, back at 3000 s: 1.25 x 2955 s is capped at an hour
+    for t in range(0, 3100, 15):
+        demand = 6 if t < 60 or t >= 3000 else 2
+        o = obs(t, prefill(2), decode(replicas, tbt=0.005, kv=0.8 * demand / replicas))
+        d = decide(pol, o, history)
+        history.append(d.history_entry(applied=True))
+        replicas = d.pools["decode"].desired
+        got.append(d)
+    grown = next(d for d in got if d.scale_down_seconds["decode"] > 300)
+    assert grown.time == 3000 and grown.scale_down_seconds["decode"] == 3600
+    assert "scaleDown window learned: 300s->3600s (demand back after 2955s)" in grown.message()
+
+
+def _prompts(ttft: float, prompts_per_pod: int, tokens_per_second: float):
+    return tuple(
+        PodSample(f"p{i}", 600.0, ttft=hist(ttft, prompts_per_pod),
+                  prefill_tokens_per_second=tokens_per_second, busy_fraction=None)
+        for i in range(2)
+    )  # fmt: skip
+
+
+# Two prefill pods each computing 1800 tok/s of a 2400 tok/s capacity (75% busy), TTFT p90
+# 1.2 s against 0.5 s, over a 15 s interval: (name, prompts per pod, prefill replicas after)
+SERVICE_BOUND = [
+    # 12 prompts of 2250 tokens: 0.94 s each on an idle pod; the TTFT target is out of reach,
+    # utilisation 0.75 of 0.7 is within tolerance: no scale-up (before: 2 -> 5 on TTFT)
+    ("long prompts: TTFT is their compute time, not acted on", 12, 2),
+    # 117 prompts of 230 tokens: 0.1 s each; the 1.2 s are waiting: TTFT scales prefill
+    ("chat prompts: TTFT is waiting, acted on", 117, 5),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,prompts,want", SERVICE_BOUND, ids=[r[0] for r in SERVICE_BOUND])
+def test_ttft_of_prompts_longer_than_the_target_is_not_acted_on(name, prompts, want):
+    last = HistoryEntry(0, {"prefill": 2, "decode": 2}, {"prefill": 2, "decode": 2},
+                        prefill_capacity=2400.0, prefill_queued=0.0)  # fmt: skip
+    o = obs(15, PoolObservation(2, 2, 0, 1, _prompts(1.2, prompts, 1800.0)), decode(2, kv=0.75))
+    d = decide(policy(), o, [last])
+    assert d.pools["prefill"].desired == want, d.message()
+    ttft = next(s for s in d.pools["prefill"].signals if s.name == "ttft")
+    assert ttft.actionable == (want > 2)

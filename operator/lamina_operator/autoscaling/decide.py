@@ -7,9 +7,11 @@ unless said otherwise, each recorded as a clamp when it changes the number:
    there. `yield` holds the pool at the new value for holdSeconds; `reclaim` reports it and
    decides as usual;
 2. signals -> raw recommendation (signals.py);
-3. stabilisation windows, exactly as the HPA: the result never goes below the lowest
+3. stabilisation windows, as the HPA: the result never goes below the lowest
    recommendation of the scale-up window nor above the highest of the scale-down window
-   (scale up fast, scale down only to the highest recommendation over the window);
+   (scale up fast, scale down only to the highest recommendation over the window). The
+   scale-down window is learned per pool (`_learned_window`): at least the policy's, longer
+   once demand came back after a scale-down;
 4. max step per decision (scaleUp.maxStep, scaleDown.maxStep);
 5. min/max replicas of the pool;
 6. P:D ratio bounds, then the GPU budget (constraints.py), both over the two pools.
@@ -34,9 +36,57 @@ from .signals import (
     recommend,
 )
 
+# A learned scale-down window covers the time the demand was away, with a quarter more (the
+# gaps between bursts vary); at most an hour (the HPA field's limit, and the history kept).
+RECURRENCE_MARGIN = 1.25
+LONGEST_LEARNED_WINDOW = 3600.0
+
+
+def _learned_window(
+    pool: str, current: int, rec: int, base: float, history: Sequence[HistoryEntry], now: float
+) -> tuple[float, str | None]:
+    """The pool's scale-down window now, and a note when it just grew.
+
+    A pool needs more than its `current` replicas again after a lull in which it was scaled
+    down: the capacity it gave up was needed back before a pod could start. The window then
+    grows to cover that lull (the time since the demand was last above `current`), so the
+    next lull as long keeps the pods. A new pod takes start-up + warm-up to serve; recurring
+    bursts shorter than that are otherwise met each time by the smaller pool."""
+    learned = next((h.scale_down_seconds[pool] for h in reversed(history)
+                    if pool in h.scale_down_seconds), base)  # fmt: skip
+    window = max(base, learned)
+    if rec <= current:
+        return window, None
+    i = len(history) - 1
+    while i >= 0 and history[i].recommended.get(pool, 0) > current:
+        i -= 1  # the current episode of demand above `current`
+    lull_end = i
+    while i >= 0 and history[i].recommended.get(pool, 0) <= current:
+        i -= 1  # the lull before it
+    if i < 0 or i == lull_end:
+        return window, None
+    before = history[i].applied
+    lull = [h.applied[pool] for h in history[i + 1 : lull_end + 1] if h.applied]
+    if not before or not lull or min(lull) >= before.get(pool, 0):
+        return window, None  # the pool kept its replicas through the lull: nothing to learn
+    gap = now - history[i].time
+    grown = min(LONGEST_LEARNED_WINDOW, max(window, RECURRENCE_MARGIN * gap))
+    if grown <= window:
+        return window, None
+    return (
+        grown,
+        f"scaleDown window learned: {window:.0f}s->{grown:.0f}s (demand back after {gap:.0f}s)",
+    )
+
 
 def _stabilize(
-    pool: str, current: int, rec: int, policy: AutoscalingPolicySpec, history, now: float
+    pool: str,
+    current: int,
+    rec: int,
+    policy: AutoscalingPolicySpec,
+    history,
+    now: float,
+    down_seconds: float,
 ) -> int:
     def window(seconds: int) -> list[int]:
         recs = [h.recommended[pool] for h in history if h.time > now - seconds]
@@ -47,7 +97,7 @@ def _stabilize(
         return recs + [rec]
 
     up = min(window(policy.scale_up.stabilization_window_seconds))
-    down = max(window(policy.scale_down.stabilization_window_seconds))
+    down = max(window(down_seconds))
     out = current
     if out < up:
         out = up
@@ -108,6 +158,7 @@ def decide(
     stabilized: dict[str, int] = {}
     counts: dict[str, int] = {}
     clamps: dict[str, list[str]] = {pool: [] for pool in POOLS}
+    down_seconds: dict[str, float] = {}
     for pool in POOLS:
         po = obs.pools[pool]
         if pool in changed and pool not in fixed and last is not None and last.applied:
@@ -120,7 +171,13 @@ def decide(
             stabilized[pool] = counts[pool] = po.desired
             continue
         rec = raw[pool].recommended
-        stabilized[pool] = n = _stabilize(pool, po.desired, rec, policy, history, obs.now)
+        base = float(policy.scale_down.stabilization_window_seconds)
+        down_seconds[pool], learned = _learned_window(pool, po.desired, rec, base, history, obs.now)
+        if learned:
+            clamps[pool].append(learned)
+        stabilized[pool] = n = _stabilize(
+            pool, po.desired, rec, policy, history, obs.now, down_seconds[pool]
+        )
         if n != rec:
             window = "scaleUp" if n < rec else "scaleDown"
             clamps[pool].append(f"{window} window: {rec}->{n}")
@@ -174,6 +231,7 @@ def decide(
         prefill_capacity=capacity,
         prefill_queued=prefill_queued(obs),
         notes=notes,
+        scale_down_seconds=down_seconds,
     )
 
 

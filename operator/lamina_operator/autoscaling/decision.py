@@ -62,6 +62,8 @@ class HistoryEntry:
     manual_since: dict[str, float] = field(default_factory=dict)  # pool -> yield hold start
     prefill_capacity: float | None = None  # tokens/s one prefill pod computes when saturated
     prefill_queued: float | None = None  # waiting prompt tokens then (for the arrival rate)
+    # pool -> scale-down window learned from demand that came back after a scale-down (seconds)
+    scale_down_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Decision:
     prefill_capacity: float | None = None
     prefill_queued: float | None = None
     notes: tuple[str, ...] = ()  # deployment-wide clamps (budget, ratio) and metric problems
+    scale_down_seconds: dict[str, float] = field(default_factory=dict)  # learned, per pool
 
     @property
     def apply(self) -> bool:
@@ -112,4 +115,5 @@ class Decision:
             manual_since=dict(self.manual_since),
             prefill_capacity=self.prefill_capacity,
             prefill_queued=self.prefill_queued,
+            scale_down_seconds=dict(self.scale_down_seconds),
         )

@@ -22,7 +22,9 @@ The rule, per pool, is the HPA's over several metrics (the largest recommendatio
   cannot show those pods before they serve, so one burst gives one scale-up;
 - a latency is usable only while queueing shows (prefill: prompts waiting, or the pods at least
   half busy; decode: batches of two or more): otherwise it is the service time itself, which
-  more pods cannot lower;
+  more pods cannot lower. Nor is TTFT usable while the mean prompt's own compute time is
+  within the tolerance of the target (`prefill_service_seconds`): prompts that long miss the
+  target on an idle pod, and the flow signals size the pool;
 - down when every usable signal is under 1 - tolerance: ceil(pods * largest ratio), the
   backlog left out (a stock, not a flow: zero says nothing about the pods the flow needs);
 - otherwise hold.
@@ -99,6 +101,21 @@ def prefill_capacity(obs: Observation, previous: float | None, warmup: float) ->
     return best
 
 
+def prefill_service_seconds(
+    obs: Observation, capacity: float | None, last: HistoryEntry | None
+) -> float | None:
+    """Seconds a warm pod needs for the interval's mean prompt (prompt tokens computed / first
+    tokens, at the measured capacity); None when it cannot be told."""
+    if not capacity or last is None or obs.now <= last.time:
+        return None
+    pods = obs.pools["prefill"].pods
+    prompts = sum(count(p.ttft) for p in pods)
+    if prompts <= 0:
+        return None
+    tokens = sum(p.prefill_tokens_per_second for p in pods) * (obs.now - last.time)
+    return tokens / prompts / capacity
+
+
 def prefill_signals(
     obs: Observation,
     policy: AutoscalingPolicySpec,
@@ -112,7 +129,18 @@ def prefill_signals(
     # Load-bound: prompts wait now, or the pods are busy enough for them to wait at times (the
     # waiting gauge is one instant), or there is no capacity estimate to tell.
     busy = not capacity or not pool.ready or rate / (capacity * pool.ready) >= BUSY
-    out = _latency("ttft", pool, policy, policy.ttft, actionable=queued > 0 or busy)
+    # Service-bound: the mean prompt alone takes most of the TTFT target to compute on an idle
+    # pod (long prompts). Waiting is then not what makes TTFT miss; more pods cannot meet it,
+    # and the flow (utilization, backlog) sizes the pool instead of the latency.
+    service = prefill_service_seconds(obs, capacity, last)
+    attainable = (
+        policy.ttft is None
+        or service is None
+        or (service < policy.ttft.target_milliseconds / 1000 * (1 - policy.tolerance_percent / 100))
+    )
+    out = _latency(
+        "ttft", pool, policy, policy.ttft, actionable=(queued > 0 or busy) and attainable
+    )
     # Seconds the pods need for the waiting prompts: at their capacity once it is known, else
     # at the rate they computed (lower while they are not saturated: errs towards more pods).
     speed = capacity * pods if capacity else rate
