@@ -29,7 +29,8 @@ class DrainError(Exception):
 
 def internal_key(namespace: str, name: str, uid: str) -> str | None:
     """The ServingDeployment's internal key, derived as the pods get it; None when the operator
-    has no seed (then the pods' internal port is unauthenticated too)."""
+    has no seed (the pods then hold a random key the operator cannot know, so its drain calls
+    get a 401 and scale-in falls back to SIGTERM with a DrainUnavailable Event)."""
     try:
         seed = keys.seed_from_env()
     except ValueError as exc:  # a seed too short to be secret: say so where it is used
