@@ -272,7 +272,7 @@ def test_prefill_reporting_failure_ends_the_wait(engines, sides, redis_server, e
 
 def test_slow_but_alive_prefill_is_waited_for(engines, sides, redis_server, expected):
     """A prefill that renews its notice but puts nothing for longer than the first-notice
-    wait and the notice's lifetime (a long queue) is not given up on."""
+    wait and STALL_S (a long queue) is not given up on: its beats go on."""
     prefill, deployment = sides
     handle = f"slow-{uuid.uuid4().hex}"
     blobs = staged_groups(prefill, f"staged-{handle}")
@@ -282,10 +282,22 @@ def test_slow_but_alive_prefill_is_waited_for(engines, sides, redis_server, expe
     async def moves(_):
         await asyncio.sleep(FIRST_NOTICE_S + 1.5)  # nothing put yet, notices renewed
         await publish(prefill, handle, blobs[:1], notices)
-        await asyncio.sleep(2.5)  # again past the notice's 2 s lifetime
+        await asyncio.sleep(2.5)  # again longer than STALL_S (2 s) without a group
         await publish(prefill, handle, blobs[1:], notices, first=1)
         await asyncio.wrap_future(prefill.submit(notices.finish, True))
 
     tokens, fallbacks, seconds = decode(engines[1], redis_server.url, deployment, handle, moves)
     assert tokens == expected and fallbacks == {}
     assert seconds > FIRST_NOTICE_S + 1.5 + 2.5
+
+
+def test_a_notice_lives_as_long_as_the_kv(engines, sides, redis_server):
+    """The managed Redis evicts by shortest TTL first (volatile-ttl): a notice must not go
+    before the KV it speaks for, or a decode pod would recompute KV that is still there."""
+    prefill, deployment = sides
+    handle = f"ttl-{uuid.uuid4().hex}"
+    prefill.prefill(handle).result(30)
+    store = redis.Redis.from_url(redis_server.url)
+    notice = store.pttl(prefill.transport.progress_key(handle))
+    blob = store.pttl(prefill.transport.kv_key(handle, 0))
+    assert notice >= blob > 0

@@ -13,9 +13,10 @@ Keys (docs/design.md §3.7), `{prefix}` defaulting to "lamina":
     {prefix}:kvprogress:{deployment}:{request_id}          the prefill's progress notice, TTL
 
 Progress notices (serving/kv_progress.py) let the decode side tell a slow prefill from a dead
-one or a store that lost the KV: the prefill keeps a short-lived notice alive while it works
-on the request, and the decode side reads it with `progress`. A backend that does not keep
-notices leaves `tracks_progress` False; its readers wait out their deadline instead.
+one or a store that lost the KV: the prefill renews a notice while it works on the request (a
+beat counter), and the decode side reads it with `progress`. A notice lives as long as the
+readiness record, so a store evicting by TTL drops it no sooner than the KV. A backend that
+does not keep notices leaves `tracks_progress` False; its readers wait out their deadline.
 """
 
 from __future__ import annotations
@@ -68,14 +69,15 @@ PROGRESS_STATES = ("working", "shipped", "failed")
 class KVProgress:
     """What the store holds about one request's KV right now (`KVTransport.progress`).
 
-    `state`, `groups` and `ttl_left_s` are the prefill's notice, all None once it is gone
-    (expired, deleted, or never written): "working" while it computes and ships (renewed),
-    "shipped" once every group is put, "failed" when it gave up; `groups` = how many leading
-    groups [0, groups) it has put. `announced` = the groups in the readiness record."""
+    `state`, `groups` and `beat` are the prefill's notice, all None once it is gone (deleted,
+    expired, or never written): "working" while it computes and ships, "shipped" once every
+    group is put, "failed" when it gave up; `groups` = how many leading groups [0, groups) it
+    has put; `beat` grows at each renewal. `announced` = the groups in the readiness record,
+    in arrival order."""
 
     state: str | None
     groups: int | None
-    ttl_left_s: float | None  # seconds until the store drops the notice
+    beat: int | None
     announced: tuple[int, ...]
 
 
@@ -133,12 +135,11 @@ def check_first_token(first_token: int | None) -> None:
         raise ValueError(f"first_token must be a token id >= 0 or None, got {first_token!r}")
 
 
-def check_progress(state: str, groups: int, ttl_s: float | None) -> None:
+def check_progress(state: str, groups: int, beat: int) -> None:
     if state not in PROGRESS_STATES:
         raise ValueError(f"progress state must be one of {PROGRESS_STATES}, got {state!r}")
     check_group(groups)
-    if ttl_s is not None:
-        check_deadline(ttl_s)
+    check_group(beat)
 
 
 def check_deadline(deadline_s: float) -> None:
@@ -173,12 +174,12 @@ class KVTransport(ABC):
     tracks_progress = False  # True where note_progress / progress are implemented
 
     async def note_progress(
-        self, request_id: str, state: str, groups: int, ttl_s: float | None, create: bool
+        self, request_id: str, state: str, groups: int, beat: int, create: bool
     ) -> None:
-        """Set the prefill's progress notice of `request_id` (see KVProgress) for `ttl_s`
-        seconds (None: as long as the readiness record lives). `create=False` only replaces a
-        notice that is still there: one the decode side deleted, or a store flushed, stays
-        gone. A backend without notices ignores the call."""
+        """Set the prefill's progress notice of `request_id` (see KVProgress), kept as long as
+        its readiness record. `create=False` only replaces a notice that is still there: one
+        the decode side deleted, or a store flushed, stays gone. A backend without notices
+        ignores the call."""
         return None
 
     async def progress(self, request_id: str) -> KVProgress:

@@ -41,7 +41,8 @@ class LocalKVStore:
         self._lock = threading.Lock()
         self._objects: dict[str, tuple[bytes, float]] = {}  # key -> (blob, expires_at)
         self._ready: dict[str, _Ready] = {}
-        self._notes: dict[str, tuple[str, int, float]] = {}  # key -> (state, groups, expires_at)
+        # progress notices: key -> (state, groups, beat, expires_at)
+        self._notes: dict[str, tuple[str, int, int, float]] = {}
 
     def _purge(self, now: float) -> None:
         # Called under the lock on every put: expired entries never outlive the next write.
@@ -49,7 +50,7 @@ class LocalKVStore:
             del self._objects[key]
         for key in [k for k, r in self._ready.items() if r.expires_at <= now and not r.waiters]:
             del self._ready[key]
-        for key in [k for k, (_, _, exp) in self._notes.items() if exp <= now]:
+        for key in [k for k, (*_, exp) in self._notes.items() if exp <= now]:
             del self._notes[key]
 
     def __len__(self) -> int:
@@ -183,16 +184,15 @@ class LocalKVTransport(KVTransport):
 
     tracks_progress = True
 
-    async def note_progress(self, request_id, state, groups, ttl_s, create) -> None:
+    async def note_progress(self, request_id, state, groups, beat, create) -> None:
         self._check_open()
         check_request_id(request_id)
-        check_progress(state, groups, ttl_s)
+        check_progress(state, groups, beat)
         key, now = self.progress_key(request_id), time.monotonic()
         with self.store._lock:
             self.store._purge(now)
             if create or key in self.store._notes:
-                ttl = self.ready_ttl_s if ttl_s is None else ttl_s
-                self.store._notes[key] = (state, groups, now + ttl)
+                self.store._notes[key] = (state, groups, beat, now + self.ready_ttl_s)
 
     async def progress(self, request_id: str) -> KVProgress:
         self._check_open()
@@ -200,10 +200,10 @@ class LocalKVTransport(KVTransport):
         now = time.monotonic()
         with self.store._lock:
             announced = tuple(dict.fromkeys(e.group for e in self._entries(request_id, now)))
-            state, groups, expires = self.store._notes.get(self.progress_key(request_id), (0, 0, 0))
-        if expires <= now:
+            note = self.store._notes.get(self.progress_key(request_id))
+        if note is None or note[3] <= now:
             return KVProgress(None, None, None, announced)
-        return KVProgress(state, groups, expires - now, announced)
+        return KVProgress(*note[:3], announced)
 
     async def close(self) -> None:
         self._closed = True

@@ -8,8 +8,8 @@ the socket timeout) until its group is announced or its deadline passes, then GE
 
 Readiness entry fields: group, parts, nbytes (whole blob), last (0/1), first_token (optional).
 Part keys: `...:g{group}` for a single part, `...:g{group}:p{i}` for i in [0, parts).
-Progress notice: a string "{state} {groups}" with a PX TTL (base.KVProgress); `progress` reads
-it, its PTTL and the readiness stream in one pipeline.
+Progress notice: a string "{state} {groups} {beat}" with the readiness TTL (base.KVProgress);
+`progress` reads it and the readiness stream in one pipeline.
 hiredis, when installed, is used by redis-py for parsing replies (faster large GETs).
 """
 
@@ -241,26 +241,26 @@ class RedisKVTransport(KVTransport):
 
     tracks_progress = True
 
-    async def note_progress(self, request_id, state, groups, ttl_s, create) -> None:
+    async def note_progress(self, request_id, state, groups, beat, create) -> None:
         check_request_id(request_id)
-        check_progress(state, groups, ttl_s)
-        seconds = self.config.effective_ready_ttl_s if ttl_s is None else ttl_s
-        key, value = self.progress_key(request_id), f"{state} {groups}"
+        check_progress(state, groups, beat)
+        ttl_ms = max(1, int(self.config.effective_ready_ttl_s * 1000))
+        key, value = self.progress_key(request_id), f"{state} {groups} {beat}"
         async with self._redis_errors(f"progress notice of request {request_id!r}"):
-            await self._client.set(key, value, px=max(1, int(seconds * 1000)), xx=not create)
+            await self._client.set(key, value, px=ttl_ms, xx=not create)
 
     async def progress(self, request_id: str) -> KVProgress:
         check_request_id(request_id)
         key = self.progress_key(request_id)
         async with self._redis_errors(f"progress read of request {request_id!r}"):
             pipe = self._client.pipeline(transaction=False)
-            pipe.get(key).pttl(key).xrange(self.ready_key(request_id))
-            value, pttl, raw = await pipe.execute()
+            pipe.get(key).xrange(self.ready_key(request_id))
+            value, raw = await pipe.execute()
         announced = tuple(dict.fromkeys(_parse_entry(fields).group for _, fields in raw))
-        if value is None or pttl < 0:  # -2: gone; -1 (no TTL) is never written
+        if value is None:
             return KVProgress(None, None, None, announced)
-        state, groups = value.decode().split()
-        return KVProgress(state, int(groups), pttl / 1000, announced)
+        state, groups, beat = value.decode().split()
+        return KVProgress(state, int(groups), int(beat), announced)
 
     async def close(self) -> None:
         await self._client.aclose()
