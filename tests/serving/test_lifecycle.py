@@ -73,11 +73,23 @@ def test_router_without_backends_is_not_ready(start, tiny_model):
                    backend_poll_seconds=0.1, wait_ready=False)  # fmt: skip
     time.sleep(0.3)
     r = httpx.get(f"{router.url}/health")
-    assert (
-        r.status_code == 503 and "need a prefill and a decode pod" in r.json()["error"]["message"]
-    )
+    assert r.status_code == 503 and "need a decode or a unified pod" in r.json()["error"]["message"]
     r = httpx.post(f"{router.url}/v1/completions", json=dict(BODY, model="tiny-moe"), timeout=10)
     assert r.status_code == 503
+
+
+def test_router_with_decode_pods_and_no_prefill_pod_stays_ready(start, tiny_model, redis_server):
+    """The prefill pool empty (crashed, rolling, scaled to zero) is a degraded router, not a
+    down one: its readiness holding keeps it in the Service, and decode pods compute prompts."""
+    decode = start(role="decode", model=str(tiny_model), kv_redis_url=redis_server.url)
+    router = start(role="router", model=str(tiny_model), decode_service=decode.address,
+                   prefill_service="127.0.0.1:9", backend_poll_seconds=0.1)  # fmt: skip
+    health = httpx.get(f"{router.url}/health", timeout=10)
+    assert health.status_code == 200, health.text
+    assert health.json()["decode"] == 1 and health.json()["prefill"] == 0
+    assert "no prefill pod ready" in health.json()["degraded"]
+    r = httpx.post(f"{router.url}/v1/completions", json=dict(BODY, model="tiny-moe"), timeout=60)
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("bad", [{"max_tokens": 0}, {"temperature": -1}, {"prompt": []}])

@@ -111,11 +111,14 @@ class RouterServer:
             self.metrics.backends_ready.labels("router", kind).set(len(pods))
         if self.draining:
             return JSONResponse(error_body(503, "draining"), 503)
-        if (prefill and decode) or unified:
-            return JSONResponse({"status": "ok", "prefill": len(prefill), "decode": len(decode),
-                                 "unified": len(unified)})  # fmt: skip
+        counts = {"prefill": len(prefill), "decode": len(decode), "unified": len(unified)}
+        if decode or unified:  # a decode pod computes prompts itself when no prefill pod is up
+            body: dict = {"status": "ok", **counts}
+            if decode and not prefill and not unified:
+                body["degraded"] = "no prefill pod ready: the decode pods compute the prompts"
+            return JSONResponse(body)
         msg = (f"not ready: {len(prefill)} prefill, {len(decode)} decode, {len(unified)} unified "
-               "backends ready; need a prefill and a decode pod, or a unified one")  # fmt: skip
+               "backends ready; need a decode or a unified pod")  # fmt: skip
         return JSONResponse(error_body(503, msg), 503)
 
     async def live(self) -> JSONResponse:
