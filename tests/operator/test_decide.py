@@ -395,21 +395,28 @@ def _prompts(ttft: float, prompts_per_pod: int, tokens_per_second: float):
 
 
 # Two prefill pods each computing 1800 tok/s of a 2400 tok/s capacity (75% busy), TTFT p90
-# 1.2 s against 0.5 s, over a 15 s interval: (name, prompts per pod, prefill replicas after)
+# 1.2 s against 0.5 s, over the 15 s evaluation interval:
+# (name, prompts per pod, seconds since the last history entry, prefill replicas after)
 SERVICE_BOUND = [
     # 12 prompts of 2250 tokens: 0.94 s each on an idle pod; the TTFT target is out of reach,
     # utilisation 0.75 of 0.7 is within tolerance: no scale-up (before: 2 -> 5 on TTFT)
-    ("long prompts: TTFT is their compute time, not acted on", 12, 2),
+    ("long prompts: TTFT is their compute time, not acted on", 12, 15, 2),
     # 117 prompts of 230 tokens: 0.1 s each; the 1.2 s are waiting: TTFT scales prefill
-    ("chat prompts: TTFT is waiting, acted on", 117, 5),
+    ("chat prompts: TTFT is waiting, acted on", 117, 15, 5),
+    # the rates cover the evaluation interval, not the time since the last recorded decision
+    # (600 s after an operator restart): the prompts are still 230 tokens
+    ("chat prompts after a gap in the history (operator restart)", 117, 600, 5),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name,prompts,want", SERVICE_BOUND, ids=[r[0] for r in SERVICE_BOUND])
-def test_ttft_of_prompts_longer_than_the_target_is_not_acted_on(name, prompts, want):
+@pytest.mark.parametrize(
+    "name,prompts,since,want", SERVICE_BOUND, ids=[r[0] for r in SERVICE_BOUND]
+)
+def test_ttft_of_prompts_longer_than_the_target_is_not_acted_on(name, prompts, since, want):
     last = HistoryEntry(0, {"prefill": 2, "decode": 2}, {"prefill": 2, "decode": 2},
                         prefill_capacity=2400.0, prefill_queued=0.0)  # fmt: skip
-    o = obs(15, PoolObservation(2, 2, 0, 1, _prompts(1.2, prompts, 1800.0)), decode(2, kv=0.75))
+    pods = PoolObservation(2, 2, 0, 1, _prompts(1.2, prompts, 1800.0))
+    o = obs(since, pods, decode(2, kv=0.75))
     d = decide(policy(), o, [last])
     assert d.pools["prefill"].desired == want, d.message()
     ttft = next(s for s in d.pools["prefill"].signals if s.name == "ttft")

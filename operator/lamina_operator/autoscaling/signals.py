@@ -102,17 +102,19 @@ def prefill_capacity(obs: Observation, previous: float | None, warmup: float) ->
 
 
 def prefill_service_seconds(
-    obs: Observation, capacity: float | None, last: HistoryEntry | None
+    obs: Observation, capacity: float | None, interval: float
 ) -> float | None:
     """Seconds a warm pod needs for the interval's mean prompt (prompt tokens computed / first
-    tokens, at the measured capacity); None when it cannot be told."""
-    if not capacity or last is None or obs.now <= last.time:
+    tokens, at the measured capacity); None when it cannot be told. `interval`: what the
+    rates and histogram deltas were measured over (the evaluation interval: the scrape's, or
+    PromQL's range)."""
+    if not capacity:
         return None
     pods = obs.pools["prefill"].pods
     prompts = sum(count(p.ttft) for p in pods)
     if prompts <= 0:
         return None
-    tokens = sum(p.prefill_tokens_per_second for p in pods) * (obs.now - last.time)
+    tokens = sum(p.prefill_tokens_per_second for p in pods) * interval
     return tokens / prompts / capacity
 
 
@@ -132,7 +134,7 @@ def prefill_signals(
     # Service-bound: the mean prompt alone takes most of the TTFT target to compute on an idle
     # pod (long prompts). Waiting is then not what makes TTFT miss; more pods cannot meet it,
     # and the flow (utilization, backlog) sizes the pool instead of the latency.
-    service = prefill_service_seconds(obs, capacity, last)
+    service = prefill_service_seconds(obs, capacity, policy.evaluation_interval_seconds)
     attainable = (
         policy.ttft is None
         or service is None
