@@ -23,6 +23,11 @@ export STORAGE_DRIVER="${LAMINA_BUILDAH_DRIVER:-overlay}" BUILDAH_ISOLATION=chro
 store=(--root "$cache/buildah-$STORAGE_DRIVER/root" --runroot "$cache/buildah-$STORAGE_DRIVER/run")
 log() { echo "[images] $*" >&2; }
 
+# One build at a time per store: the clean-up below would remove the working containers of a
+# build still running (it then fails with "identifier is not a container").
+exec 9>"$cache/images.lock"
+flock -n 9 || { log "another images.sh is building in $cache; waiting for it"; flock 9; }
+
 # Working containers left by an interrupted build of ours hold gigabytes: drop them.
 buildah "${store[@]}" rm --all >/dev/null 2>&1 || true
 
