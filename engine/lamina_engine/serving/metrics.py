@@ -11,13 +11,20 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from lamina_engine.serving.engine_metrics import EngineMetrics
 
-# Seconds: from sub-millisecond TBT on a GPU to minute-long CPU requests.
-_LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+# Seconds: from sub-millisecond TBT on a GPU to minute-long CPU requests. Between 10 ms and
+# 1 s, where TBT (tens of ms) and TTFT (hundreds of ms) objectives live, each bound is 1.2-1.5x
+# the one before: histogram_quantile interpolates inside a bucket, and the autoscaler acts on a
+# percentile 10% off its target (docs/autoscaling.md); 0.025 -> 0.05 -> 0.1 read a 26 ms TBT as
+# 47.5 ms. vLLM's TPOT and TTFT buckets are the model. The operator's simulation keeps a copy
+# (autoscaling/sim/cluster.py; tests/operator/test_latency_buckets.py keeps them equal); the
+# alert rules compare against le="0.1" and le="1.0".
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1,
+    0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
 )  # fmt: skip
 
 # The exposed part of a KV transfer can be well under a millisecond on a GPU.
-_KV_BUCKETS = (0.0001, 0.00025, 0.0005) + _LATENCY_BUCKETS
+_KV_BUCKETS = (0.0001, 0.00025, 0.0005) + LATENCY_BUCKETS
 
 # Tokens per request: prompt and output lengths, 1 to 128k.
 _TOKEN_BUCKETS = tuple(float(2**i) for i in range(0, 18))
@@ -33,20 +40,20 @@ class ServerMetrics:
         self.registry = r = CollectorRegistry()
         lbl = ["role"]
         self.ttft = Histogram(
-            "lamina_request_ttft_seconds", "Time to first token.", lbl, buckets=_LATENCY_BUCKETS,
+            "lamina_request_ttft_seconds", "Time to first token.", lbl, buckets=LATENCY_BUCKETS,
             registry=r,
         )  # fmt: skip
         self.tbt = Histogram(
             "lamina_request_tbt_seconds", "Time between output tokens.", lbl,
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.e2e = Histogram(
             "lamina_request_e2e_seconds", "Request latency, arrival to last token.", lbl,
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_time = Histogram(
             "lamina_request_queue_seconds", "Arrival to first scheduled step.", lbl,
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.requests = Counter(
             "lamina_requests_total", "Finished requests by finish reason.", ["role", "reason"],
@@ -73,7 +80,7 @@ class ServerMetrics:
         )  # fmt: skip
         self.kv_seconds = Histogram(
             "lamina_kv_transfer_seconds", "Wall time to publish or load one request's KV.",
-            ["role", "direction"], buckets=_LATENCY_BUCKETS, registry=r,
+            ["role", "direction"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         # Layer groups pipeline the transfer: only what follows the last group stays exposed
         # (prefill: its put; decode: its decode and scatter). docs/design.md §3.7: about 1/G.

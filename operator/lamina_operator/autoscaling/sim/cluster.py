@@ -27,9 +27,14 @@ from ..observation import Observation, PodSample, PoolObservation, RouterSample
 from .profile import ServiceProfile
 from .traces import Request
 
-# The engine's latency buckets (engine/lamina_engine/serving/metrics.py), seconds.
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-           60.0, float("inf"))  # fmt: skip
+# The engine's latency buckets, seconds: a copy of LATENCY_BUCKETS in
+# engine/lamina_engine/serving/metrics.py (the operator may not import the engine);
+# tests/operator/test_latency_buckets.py keeps the two equal.
+BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1,
+    0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
+    float("inf"),
+)  # fmt: skip
 
 
 def histogram(samples: list[tuple[float, float]]):
