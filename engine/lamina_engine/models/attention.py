@@ -87,6 +87,7 @@ class _Prefill:  # one sequence with several query tokens
 class _Decode:  # one sequence with a single query token (its row: AttentionPlan.decode_tokens)
     context: int  # keys it sees: the first `context` slots of its blocks
     block_start: int  # its first block's index in AttentionPlan.decode_blocks
+    blocks: Tensor | None = None  # [nb] its cache blocks (a view of decode_blocks)
 
 
 @dataclass
@@ -96,10 +97,12 @@ class AttentionPlan:
     shared by every layer that uses the metadata (they read the same block tables).
 
     K/V are gathered a whole block at a time (one index_select of contiguous [BS, KV, hd]
-    chunks: ~10x faster on CPU than gathering per slot). Decodes gather all their blocks in
-    one call, unpadded (padding every sequence to the longest context read ~2x the bytes on
-    a mixed batch), then attend one sequence at a time with two small bmm calls and no mask;
-    each multi-token sequence (a prefill chunk) runs as its own masked SDPA call.
+    chunks: ~10x faster on CPU than gathering per slot), unpadded (padding every sequence to
+    the longest context read ~2x the bytes on a mixed batch). Each decode gathers its own
+    blocks into the head of the workspace (still in cache when SDPA reads it; gathering all
+    decodes at once and then attending wrote and re-read every key through memory) and runs
+    one unmasked SDPA call; each multi-token sequence (a prefill chunk) runs as its own masked
+    SDPA call.
     """
 
     decodes: list[_Decode]
@@ -160,10 +163,13 @@ class AttentionPlan:
         def ints(values: list[int]) -> Tensor:
             return torch.tensor(values, dtype=torch.int64, device=device)
 
+        all_decode_blocks = ints(decode_block_ids)
+        for d in decodes:
+            d.blocks = all_decode_blocks[d.block_start : d.block_start + -(-d.context // bs)]
         return AttentionPlan(
             decodes,
             ints(decode_tokens),
-            ints(decode_block_ids),
+            all_decode_blocks,
             prefills,
             max([len(decode_block_ids)] + [p.blocks.numel() for p in prefills]),
             tables.index_select(0, ints(decode_seqs)),
@@ -210,9 +216,9 @@ def paged_attention(
 ) -> Tensor:
     """q [T, H, hd] (K/V already written to the cache) -> out [T, H, hd]; scale 1/sqrt(hd).
 
-    Decodes: the G query heads sharing a kv head are the rows of one [KV, G, hd] @ [KV, hd, C]
-    bmm, so K/V are never copied per head; softmax in fp32. Prefill chunks: [1, H, q_len, hd]
-    against [1, KV, C, hd] with SDPA's grouped-query mode. kernels="triton": both through
+    Decodes: [1, H, 1, hd] against [1, KV, C, hd] (strided views of the gathered blocks, never
+    copied per head) with SDPA's grouped-query mode, in fp32. Prefill chunks: [1, H, q_len, hd]
+    against [1, KV, C, hd] the same way, with a causal mask. kernels="triton": both through
     kernels/paged_attention.py, reading the cache in place.
     """
     if kernels == "triton":
@@ -220,28 +226,27 @@ def paged_attention(
 
         return triton_paged_attention(q, kv_cache, plan, scale)
     num_tokens, num_heads, hd = q.shape
-    kv_heads = kv_cache.shape[3]
-    group = num_heads // kv_heads
     scale = hd**-0.5 if scale is None else scale
     out = torch.empty_like(q)
     ws = plan.workspace(kv_cache)
 
     if plan.decodes:
-        n = plan.decode_blocks.numel()
-        keys = torch.index_select(kv_cache[0], 0, plan.decode_blocks, out=ws[0, :n])
-        values = torch.index_select(kv_cache[1], 0, plan.decode_blocks, out=ws[1, :n])
-        keys, values = keys.flatten(0, 1), values.flatten(0, 1)  # [n * BS, KV, hd]
-        bs = kv_cache.shape[2]
         rows = plan.decode_tokens
-        queries = q.index_select(0, rows).float().mul_(scale).view(-1, kv_heads, group, hd)
+        queries = q.index_select(0, rows).float().view(-1, num_heads, 1, hd)  # [Bd, H, 1, hd]
         outs = []
         for i, d in enumerate(plan.decodes):
-            span = slice(d.block_start * bs, d.block_start * bs + d.context)
-            k = keys[span].transpose(0, 1).float()  # [KV, C, hd]
-            v = values[span].transpose(0, 1).float()
-            weights = torch.softmax(torch.bmm(queries[i], k.transpose(1, 2)), dim=-1)
-            outs.append(torch.bmm(weights, v))  # [KV, G, C] @ [KV, C, hd]
-        out.index_copy_(0, rows, torch.stack(outs).view(-1, num_heads, hd).to(q.dtype))
+            nb = d.blocks.numel()
+            # [nb, BS, KV, hd] -> [1, KV, C, hd] views; the workspace's head stays in cache
+            k = torch.index_select(kv_cache[0], 0, d.blocks, out=ws[0, :nb])
+            v = torch.index_select(kv_cache[1], 0, d.blocks, out=ws[1, :nb])
+            k = k.flatten(0, 1)[: d.context].transpose(0, 1)[None].float()
+            v = v.flatten(0, 1)[: d.context].transpose(0, 1)[None].float()
+            outs.append(
+                F.scaled_dot_product_attention(
+                    queries[i : i + 1], k, v, scale=scale, enable_gqa=True
+                )
+            )  # [1, H, 1, hd]
+        out.index_copy_(0, rows, torch.cat(outs).view(-1, num_heads, hd).to(q.dtype))
 
     for p in plan.prefills:
         rows = slice(p.token_start, p.token_start + p.q_len)
