@@ -110,6 +110,17 @@ SINGLE = [
     ("starting pods credited: latency waits for them", {},
      obs(0, prefill(2, ttft=2.0, starting=4), decode(2)), {"prefill": 6, "decode": 2},
      "StartingPods"),
+    ("decode TBT acts while pods start, credited against the replicas asked for", {},
+     obs(0, prefill(2), decode(2, tbt=0.15, starting=2)), {"prefill": 2, "decode": 6},
+     "ScaledUp"),
+    ("decode TBT while pods start, covered by them", {},
+     obs(0, prefill(2), decode(2, tbt=0.07, starting=2)), {"prefill": 2, "decode": 4},
+     "StartingPods"),
+    ("the largest recommendation wins, not the largest ratio", {},
+     obs(0, prefill(2), PoolObservation(4, 4, 0, 1, tuple(
+         PodSample(f"d{i}", age, tbt=hist(0.075), kv_utilization=1.0, running=10)
+         for i, age in enumerate((600.0, 600.0, 30.0, 30.0))))),
+     {"prefill": 2, "decode": 5}, "ScaledUp"),
     ("starting pods credited: backlog sized on all pods", {},
      obs(0, prefill(2, queued=1000, rate=2000, starting=2), decode(2)),
      {"prefill": 4, "decode": 2}, "StartingPods"),

@@ -14,12 +14,15 @@ Decode signals:
 - kv: KV utilisation scaled up by the requests waiting for a decode slot, vs the KV target.
 
 The rule, per pool, is the HPA's over several metrics (the largest recommendation wins):
-- up when any usable signal's ratio exceeds 1 + tolerance: ceil(pods * ratio), `pods` being
-  what the signal was measured over, compared with the replicas already asked for. Latencies
-  are measured on the warm pods only, load signals spread over the ready and starting pods:
-  either way pods starting or warming up count as capacity on its way. While a pool has such
-  pods only the flow signals (utilization, kv) can scale it further: latencies and the backlog
-  cannot show those pods before they serve, so one burst gives one scale-up;
+- up when any usable signal's ratio exceeds 1 + tolerance: the largest ceil(pods * ratio) of
+  those signals, `pods` being what the signal was measured over, compared with the replicas
+  already asked for. Latencies are measured on the warm pods only, load signals spread over the
+  ready and starting pods: either way pods starting or warming up count as capacity on its way.
+  While a pool has such pods only the flow signals (utilization, kv) and decode's tbt can scale
+  it further: TTFT and the backlog cannot show those pods before they serve, so one burst gives
+  one scale-up. TBT can: the warm pods' TBT x the warm pods is the pool the decode demand of now
+  needs whatever is on its way, so it raises the pool only past what was asked for (it was
+  excluded too while the engine's buckets read a 26 ms step as 47.5 ms);
 - a latency is usable only while queueing shows (prefill: prompts waiting, or the pods at least
   half busy; decode: batches of two or more): otherwise it is the service time itself, which
   more pods cannot lower. Nor is TTFT usable while the mean prompt's own compute time is
@@ -45,8 +48,9 @@ SATURATED_BACKLOG_TOKENS = 512.0
 PREFILL_UTILIZATION_TARGET = 0.7
 MEASURABLE_BUSY = 0.2  # below this share of busy time a rate / busy estimate is too noisy
 BUSY = 0.5  # prefill utilisation from which prompts wait at times (TTFT is load-bound)
-# While pods start or warm up, these cannot show the capacity on its way (the flows can).
-SETTLING_EXCLUDED = ("backlog", "ttft", "tbt")
+# While pods start or warm up, these cannot show the capacity on its way (the flows can; so can
+# TBT, compared with the replicas asked for: see the module docstring).
+SETTLING_EXCLUDED = ("backlog", "ttft")
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,10 @@ def recommend(
     usable = [s for s in signals if s.actionable and not (settling and s.name in SETTLING_EXCLUDED)]
     up = max(usable, key=lambda s: s.ratio, default=None)
     if up is not None and up.ratio > 1 + tol:
-        rec = max(current, _ceil(up.pods * min(up.ratio, 1000.0)))
+        # the largest recommendation wins (not the largest ratio: signals measured over fewer
+        # pods, e.g. a latency on the warm pods only, would hide a flow's larger need)
+        short = [s for s in usable if s.ratio > 1 + tol]
+        rec = max(current, *(_ceil(s.pods * min(s.ratio, 1000.0)) for s in short))
         if rec > current:
             return PoolSignals(frozen, rec, "Short")
         return PoolSignals(frozen, current, "StartingPods", starting_credit=True)
