@@ -19,10 +19,10 @@ The rule, per pool, is the HPA's over several metrics (the largest recommendatio
   already asked for. Latencies are measured on the warm pods only, load signals spread over the
   ready and starting pods: either way pods starting or warming up count as capacity on its way.
   While a pool has such pods only the flow signals (utilization, kv) and decode's tbt can scale
-  it further: TTFT and the backlog cannot show those pods before they serve, so one burst gives
-  one scale-up. TBT can: the warm pods' TBT x the warm pods is the pool the decode demand of now
-  needs whatever is on its way, so it raises the pool only past what was asked for (it was
-  excluded too while the engine's buckets read a 26 ms step as 47.5 ms);
+  it further: TTFT and the backlog grow with a queue the pods on their way will drain, so they
+  would scale the same burst again. TBT is the step of the batch running now: warm pods x its
+  ratio is what the demand of now needs, and it raises the pool only past the replicas asked
+  for. (It was excluded too while the engine's buckets read a 26 ms step as 47.5 ms.);
 - a latency is usable only while queueing shows (prefill: prompts waiting, or the pods at least
   half busy; decode: batches of two or more): otherwise it is the service time itself, which
   more pods cannot lower. Nor is TTFT usable while the mean prompt's own compute time is
