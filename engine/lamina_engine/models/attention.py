@@ -99,10 +99,10 @@ class AttentionPlan:
     K/V are gathered a whole block at a time (one index_select of contiguous [BS, KV, hd]
     chunks: ~10x faster on CPU than gathering per slot), unpadded (padding every sequence to
     the longest context read ~2x the bytes on a mixed batch). Each decode gathers its own
-    blocks into the head of the workspace (still in cache when SDPA reads it; gathering all
+    blocks into the head of the workspace (still in cache when the bmm reads it; gathering all
     decodes at once and then attending wrote and re-read every key through memory) and runs
-    one unmasked SDPA call; each multi-token sequence (a prefill chunk) runs as its own masked
-    SDPA call.
+    two small bmm calls, no mask; each multi-token sequence (a prefill chunk) runs as its own
+    masked SDPA call.
     """
 
     decodes: list[_Decode]
@@ -216,37 +216,38 @@ def paged_attention(
 ) -> Tensor:
     """q [T, H, hd] (K/V already written to the cache) -> out [T, H, hd]; scale 1/sqrt(hd).
 
-    Decodes: [1, H, 1, hd] against [1, KV, C, hd] (strided views of the gathered blocks, never
-    copied per head) with SDPA's grouped-query mode, in fp32. Prefill chunks: [1, H, q_len, hd]
-    against [1, KV, C, hd] the same way, with a causal mask. kernels="triton": both through
-    kernels/paged_attention.py, reading the cache in place.
+    Decodes: the G query heads sharing a kv head are the rows of one [KV, G, hd] @ [KV, hd, C]
+    bmm, so K/V are never copied per head; softmax in fp32 (SDPA's blocked online softmax here
+    was faster still but rounds differently, and flipped a router near-tie that the bmm path
+    and HF break the same way). Prefill chunks: [1, H, q_len, hd] against [1, KV, C, hd] with
+    SDPA's grouped-query mode. kernels="triton": both through kernels/paged_attention.py,
+    reading the cache in place.
     """
     if kernels == "triton":
         from lamina_engine.kernels.paged_attention import triton_paged_attention
 
         return triton_paged_attention(q, kv_cache, plan, scale)
     num_tokens, num_heads, hd = q.shape
+    kv_heads = kv_cache.shape[3]
+    group = num_heads // kv_heads
     scale = hd**-0.5 if scale is None else scale
     out = torch.empty_like(q)
     ws = plan.workspace(kv_cache)
 
     if plan.decodes:
         rows = plan.decode_tokens
-        queries = q.index_select(0, rows).float().view(-1, num_heads, 1, hd)  # [Bd, H, 1, hd]
+        queries = q.index_select(0, rows).float().mul_(scale).view(-1, kv_heads, group, hd)
         outs = []
         for i, d in enumerate(plan.decodes):
             nb = d.blocks.numel()
-            # [nb, BS, KV, hd] -> [1, KV, C, hd] views; the workspace's head stays in cache
+            # [nb, BS, KV, hd] -> [KV, C, hd] views; the workspace's head stays in cache
             k = torch.index_select(kv_cache[0], 0, d.blocks, out=ws[0, :nb])
             v = torch.index_select(kv_cache[1], 0, d.blocks, out=ws[1, :nb])
-            k = k.flatten(0, 1)[: d.context].transpose(0, 1)[None].float()
-            v = v.flatten(0, 1)[: d.context].transpose(0, 1)[None].float()
-            outs.append(
-                F.scaled_dot_product_attention(
-                    queries[i : i + 1], k, v, scale=scale, enable_gqa=True
-                )
-            )  # [1, H, 1, hd]
-        out.index_copy_(0, rows, torch.cat(outs).view(-1, num_heads, hd).to(q.dtype))
+            k = k.flatten(0, 1)[: d.context].transpose(0, 1).float()
+            v = v.flatten(0, 1)[: d.context].transpose(0, 1).float()
+            weights = torch.softmax(torch.bmm(queries[i], k.transpose(1, 2)), dim=-1)
+            outs.append(torch.bmm(weights, v))  # [KV, G, C] @ [KV, C, hd]
+        out.index_copy_(0, rows, torch.stack(outs).view(-1, num_heads, hd).to(q.dtype))
 
     for p in plan.prefills:
         rows = slice(p.token_start, p.token_start + p.q_len)
