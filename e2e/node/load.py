@@ -68,11 +68,13 @@ def _one(client: openai.OpenAI, model: str, prompt: str, expected: str, max_toke
 def run_load(base_url: str, model: str, prompt: str, expected: str, *, requests: int,
              concurrency: int, max_tokens: int, attempts: int = 90,
              during=None) -> LoadResult:  # fmt: skip
-    """`requests` completions with `concurrency` in flight; `during(progress)` runs beside them
-    (progress() -> requests finished so far), e.g. to delete pods mid-load."""
+    """At least `requests` completions with `concurrency` in flight; `during(progress)` runs
+    beside them (progress() -> requests finished so far), e.g. to delete pods mid-load, and the
+    load goes on until it returns, so a disruption that outlasts the requests (a roll) is under
+    load all along: result.requests is how many were sent."""
     # The client's own retries are off: this loop counts every retry itself.
     client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=120.0)
-    result = LoadResult(requests=requests)
+    result = LoadResult()
     lock = threading.Lock()
     t0 = time.monotonic()
     side_error: list[BaseException] = []
@@ -83,20 +85,30 @@ def run_load(base_url: str, model: str, prompt: str, expected: str, *, requests:
         except BaseException as err:  # re-raised below, in the caller's thread
             side_error.append(err)
 
+    thread = None
+    if during is not None:
+        progress = lambda: result.completed + len(result.failed)  # noqa: E731
+        thread = threading.Thread(target=side, args=(progress,), daemon=True)
+
+    def next_request() -> bool:
+        with lock:
+            going = thread is not None and thread.is_alive() and not side_error
+            if result.requests < requests or going:
+                result.requests += 1
+                return True
+            return False
+
+    def worker() -> None:
+        while next_request():
+            _one(client, model, prompt, expected, max_tokens, attempts, result, lock)
+
+    if thread is not None:
+        thread.start()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [
-            pool.submit(_one, client, model, prompt, expected, max_tokens, attempts, result, lock)
-            for _ in range(requests)
-        ]
-        thread = None
-        if during is not None:
-            progress = lambda: sum(f.done() for f in futures)  # noqa: E731
-            thread = threading.Thread(target=side, args=(progress,), daemon=True)
-            thread.start()
-        for f in futures:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
             f.result()
-        if thread is not None:
-            thread.join()
+    if thread is not None:
+        thread.join()
     if side_error:
         raise side_error[0]
     result.seconds = time.monotonic() - t0

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -81,8 +82,8 @@ def demo_docs() -> list[dict]:
     return docs
 
 
-def ready(admin: Kubectl) -> dict | None:
-    obj = admin.in_namespace(NS).get(SD, NAME)
+def ready(admin: Kubectl, name: str = NAME) -> dict | None:
+    obj = admin.in_namespace(NS).get(SD, name)
     conds = {c["type"]: c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
     if (
         obj
@@ -109,21 +110,24 @@ def pods(admin: Kubectl, role: str) -> list[dict]:
     return admin.in_namespace(NS).list("pods", "-l", f"{SELECT},lamina.dev/role={role}")
 
 
-def router_url(admin: Kubectl) -> str:
-    (svc,) = admin.in_namespace(NS).list("services", "-l", f"{SELECT},lamina.dev/role=router")
+def router_url(admin: Kubectl, name: str = NAME) -> str:
+    select = f"lamina.dev/deployment={name},lamina.dev/role=router"
+    (svc,) = admin.in_namespace(NS).list("services", "-l", select)
     port = svc["spec"]["ports"][0]["port"]
     return f"http://{svc['spec']['clusterIP']}:{port}/v1"
 
 
-def expected_text() -> str:
-    """What `lamina generate` says for PROMPT, greedy, on the same checkpoint."""
+def expected_text(prompt: str = PROMPT, *settings: str) -> str:
+    """What `lamina generate` says for `prompt`, greedy, on the same checkpoint."""
     out = subprocess.run(
         [str(REPO / ".venv" / "bin" / "lamina"), "generate", "--model", str(DEMO_MODEL),
-         "--dtype", "float32", "--max-tokens", str(MAX_TOKENS), "--temperature", "0", PROMPT],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    assert out.startswith(PROMPT), out
-    return out
+         "--dtype", "float32", "--max-tokens", str(MAX_TOKENS), "--temperature", "0",
+         *settings, prompt],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, f"lamina generate {' '.join(settings)}: {out.stderr[-2000:]}"
+    assert out.stdout.startswith(prompt), out.stdout
+    return out.stdout
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +211,8 @@ def test_router_took_the_disaggregated_path(admin: Kubectl, greedy: str) -> None
 
 def test_scale_decode_to_two_and_the_new_pod_takes_traffic(admin: Kubectl, greedy: str) -> None:
     t0 = time.monotonic()
+    # The CRD has no scale subresource (one object, three pools with replicas each), so
+    # `kubectl scale` cannot name a pool: a pool is scaled by patching its replicas.
     admin.in_namespace(NS).run("patch", SD, NAME, "--type=merge", "-p",
                                '{"spec":{"decode":{"replicas":2}}}')  # fmt: skip
 
@@ -216,11 +222,20 @@ def test_scale_decode_to_two_and_the_new_pod_takes_traffic(admin: Kubectl, greed
 
     decoders = wait_for("2 ready decode pods and Ready=True", two_ready, 300)
     print(f"scale decode 1 -> 2: {time.monotonic() - t0:.0f} s")
+    router = pods(admin, "router")[0]["metadata"]["name"]
+    wait_for("the router polling 2 ready decode pods", lambda: metric(
+        admin, router, "lamina_router_backends_ready", 'kind="decode"') == 2, 60)  # fmt: skip
+    # 4 in flight: least-kv breaks a tie of equal KV use by requests running there, so
+    # one-at-a-time requests to idle pods would all go to the same one.
     client = openai.OpenAI(base_url=router_url(admin), api_key="none", max_retries=3)
-    for _ in range(12):
-        out = client.completions.create(model="lamina-demo", prompt=PROMPT, max_tokens=4,
-                                        temperature=0.0)  # fmt: skip
-        assert greedy.startswith(out.choices[0].text)
+
+    def one(_: int) -> str:
+        return client.completions.create(model="lamina-demo", prompt=PROMPT, max_tokens=4,
+                                         temperature=0.0).choices[0].text  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for text in pool.map(one, range(16)):
+            assert greedy.startswith(text)
     served = {p["metadata"]["name"]: metric(admin, p["metadata"]["name"],
                                             "lamina_requests_total", 'role="decode"')
               for p in decoders}  # fmt: skip
@@ -233,9 +248,29 @@ def _pod_ready(pod: dict) -> bool:
     return not deleting and any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
 
 
+def pools_settled(kube: Kubectl, newer_than: dict[str, int] | None = None) -> bool:
+    """Every pool Deployment rolled out (all replicas updated and available, no old pod left);
+    with `newer_than` (role -> generation), only once each has a later generation."""
+    for role in ("prefill", "decode", "router"):
+        dep = kube.get("deployments", f"{NAME}-{role}")
+        gen, st, want = (
+            dep["metadata"]["generation"],
+            dep.get("status") or {},
+            dep["spec"]["replicas"],
+        )
+        if newer_than is not None and gen <= newer_than[role]:
+            return False
+        counts = (st.get("updatedReplicas"), st.get("replicas"), st.get("availableReplicas"))
+        if st.get("observedGeneration") != gen or counts != (want, want, want):
+            return False
+    return True
+
+
 def test_pod_deletions_and_an_engine_roll_under_load(admin: Kubectl, greedy: str) -> None:
-    """>= 100 requests, 4 in flight: delete the prefill pod, then a decode pod, then roll the
-    engine; every request ends with the right text, possibly after retryable errors."""
+    """>= 120 requests, 4 in flight: delete the prefill pod, then a decode pod, then roll the
+    engine, each time waiting under load until the pools are whole again (the load goes on
+    until the roll has finished); every request ends with the right text, possibly after
+    retryable errors."""
     kube = admin.in_namespace(NS)
     events: list[str] = []
 
@@ -243,12 +278,19 @@ def test_pod_deletions_and_an_engine_roll_under_load(admin: Kubectl, greedy: str
         for at, what in ((15, "prefill"), (40, "decode"), (65, "roll")):
             wait_for(f"{at} requests done", lambda at=at: progress() >= at or None, 600)
             if what == "roll":
+                gens = {r: kube.get("deployments", f"{NAME}-{r}")["metadata"]["generation"]
+                        for r in ("prefill", "decode", "router")}  # fmt: skip
                 kube.run("patch", SD, NAME, "--type=merge", "-p",
                          '{"spec":{"engine":{"scheduling":{"tokenBudget":256}}}}')  # fmt: skip
+                events.append(f"{what} at {progress()} done")
+                wait_for("the roll finished", lambda g=gens: pools_settled(kube, g), 600)
             else:
                 victim = pods(admin, what)[0]["metadata"]["name"]
                 kube.run("delete", "pod", victim, "--wait=false")
-            events.append(f"{what} at {progress()} done")
+                events.append(f"{what} at {progress()} done")
+                wait_for(f"{what} pod replaced", lambda v=victim: kube.get("pod", v) is None
+                         and pools_settled(kube), 600)  # fmt: skip
+            events.append(f"{what} settled at {progress()} done")
 
     result = run_load(router_url(admin), "lamina-demo", PROMPT, greedy, requests=120,
                       concurrency=4, max_tokens=MAX_TOKENS, during=disrupt)  # fmt: skip
@@ -261,7 +303,7 @@ def test_pod_deletions_and_an_engine_roll_under_load(admin: Kubectl, greedy: str
     RELIABILITY.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
     assert not result.failed, report
-    assert result.completed == 120
+    assert result.requests >= 120 and result.completed == result.requests, report
     wait_for("Ready=True after the roll", lambda: ready(admin), 600)
 
 
@@ -288,6 +330,52 @@ def test_delete_removes_everything_it_owned(admin: Kubectl, demo: dict) -> None:
         return not left and not any(kube.owned_by(k, uid) for k in ("deployments", "services"))
 
     wait_for("every child of the ServingDeployment gone", gone, 180)
+
+
+SPEED_NAME = "demo-speed"
+# A prompt whose greedy text on the demo model changes with SPEED (K=2 of 4 layers), so the
+# comparison also shows the pods ran SPEED.
+SPEED_PROMPT = "A wise man once told me that the best way to"
+SPEED_SETTINGS = ("--scheduling-policy", "layered", "--speed-prefill-layers", "2",
+                  "--speed-anchors", "1")  # fmt: skip
+
+
+def speed_demo_doc() -> dict:
+    """manifests/demo.yaml as a second ServingDeployment with layered prefill and SPEED on."""
+    (doc,) = [d for d in demo_docs() if d["kind"] == "ServingDeployment"]
+    doc["metadata"]["name"] = SPEED_NAME
+    doc["spec"]["model"]["numLayers"] = 4  # lets the operator check speed.prefillLayers
+    doc["spec"]["engine"]["scheduling"] = {"policy": "layered"}
+    doc["spec"]["engine"]["speed"] = {"enabled": True, "prefillLayers": 2, "anchorTokens": 1}
+    return doc
+
+
+def test_layered_prefill_with_speed_equals_lamina_generate(admin: Kubectl, demo: dict) -> None:
+    """A second deployment of the demo model, layered prefill and SPEED on: its greedy
+    completion through the router (prefill -> KV over Redis -> decode) equals `lamina
+    generate` with the same settings, and differs from the one without SPEED."""
+    kube = admin.in_namespace(NS)
+    kube.apply(speed_demo_doc())
+    try:
+        wait_for(f"{SPEED_NAME} Ready=True", lambda: ready(admin, SPEED_NAME), 900)
+        client = openai.OpenAI(base_url=router_url(admin, SPEED_NAME), api_key="none",
+                               max_retries=5)  # fmt: skip
+        text = (
+            client.completions.create(
+                model="lamina-demo", prompt=SPEED_PROMPT, max_tokens=MAX_TOKENS, temperature=0.0
+            )
+            .choices[0]
+            .text
+        )
+        assert text, "empty completion"
+        assert expected_text(SPEED_PROMPT, *SPEED_SETTINGS).startswith(SPEED_PROMPT + text)
+        assert not expected_text(SPEED_PROMPT).startswith(SPEED_PROMPT + text)
+        router = kube.list("pods", "-l", f"lamina.dev/deployment={SPEED_NAME},"
+                           "lamina.dev/role=router")[0]["metadata"]["name"]  # fmt: skip
+        assert metric(admin, router, "lamina_router_requests_total", 'path="disagg"') >= 1
+    finally:
+        kube.run("delete", SD, SPEED_NAME, "--ignore-not-found", "--wait=false", check=False)
+    wait_for(f"{SPEED_NAME} gone", lambda: kube.get(SD, SPEED_NAME) is None, 120)
 
 
 def test_manifest_is_valid_yaml() -> None:
