@@ -132,6 +132,7 @@ def expected_text(prompt: str = PROMPT, *settings: str) -> str:
 
 @pytest.fixture(scope="module")
 def greedy(demo) -> str:
+    router_polling(Kubectl(Path(os.environ["KUBECONFIG"])), prefill=1, decode=1)
     client = openai.OpenAI(base_url=router_url(Kubectl(Path(os.environ["KUBECONFIG"]))),
                            api_key="none", max_retries=5)  # fmt: skip
     text = (
@@ -204,6 +205,22 @@ def metric(admin: Kubectl, pod: str, name: str, label: str) -> float:
     )
 
 
+def router_polling(admin: Kubectl, name: str = NAME, **ready: int) -> str:
+    """Wait until the router of `name` counts at least `ready[kind]` ready backends of each kind
+    (lamina_router_backends_ready, set at each readiness probe); its pod name. Ready=True only
+    says each pool has a ready pod: the router may not have polled them yet, and until then it
+    sends a prompt straight to a decode pod (path "direct")."""
+    select = f"lamina.dev/deployment={name},lamina.dev/role=router"
+    router = admin.in_namespace(NS).list("pods", "-l", select)[0]["metadata"]["name"]
+
+    def polled() -> bool:
+        return all(metric(admin, router, "lamina_router_backends_ready", f'kind="{kind}"') >= n
+                   for kind, n in ready.items())  # fmt: skip
+
+    wait_for(f"router {router} polling {ready}", polled, 60)
+    return router
+
+
 def test_router_took_the_disaggregated_path(admin: Kubectl, greedy: str) -> None:
     router = pods(admin, "router")[0]["metadata"]["name"]
     assert metric(admin, router, "lamina_router_requests_total", 'path="disagg"') >= 1
@@ -222,9 +239,7 @@ def test_scale_decode_to_two_and_the_new_pod_takes_traffic(admin: Kubectl, greed
 
     decoders = wait_for("2 ready decode pods and Ready=True", two_ready, 300)
     print(f"scale decode 1 -> 2: {time.monotonic() - t0:.0f} s")
-    router = pods(admin, "router")[0]["metadata"]["name"]
-    wait_for("the router polling 2 ready decode pods", lambda: metric(
-        admin, router, "lamina_router_backends_ready", 'kind="decode"') == 2, 60)  # fmt: skip
+    router_polling(admin, decode=2)
     # 4 in flight: least-kv breaks a tie of equal KV use by requests running there, so
     # one-at-a-time requests to idle pods would all go to the same one.
     client = openai.OpenAI(base_url=router_url(admin), api_key="none", max_retries=3)
@@ -358,6 +373,7 @@ def test_layered_prefill_with_speed_equals_lamina_generate(admin: Kubectl, demo:
     kube.apply(speed_demo_doc())
     try:
         wait_for(f"{SPEED_NAME} Ready=True", lambda: ready(admin, SPEED_NAME), 900)
+        router = router_polling(admin, SPEED_NAME, prefill=1, decode=1)
         client = openai.OpenAI(base_url=router_url(admin, SPEED_NAME), api_key="none",
                                max_retries=5)  # fmt: skip
         text = (
@@ -370,8 +386,6 @@ def test_layered_prefill_with_speed_equals_lamina_generate(admin: Kubectl, demo:
         assert text, "empty completion"
         assert expected_text(SPEED_PROMPT, *SPEED_SETTINGS).startswith(SPEED_PROMPT + text)
         assert not expected_text(SPEED_PROMPT).startswith(SPEED_PROMPT + text)
-        router = kube.list("pods", "-l", f"lamina.dev/deployment={SPEED_NAME},"
-                           "lamina.dev/role=router")[0]["metadata"]["name"]  # fmt: skip
         assert metric(admin, router, "lamina_router_requests_total", 'path="disagg"') >= 1
     finally:
         kube.run("delete", SD, SPEED_NAME, "--ignore-not-found", "--wait=false", check=False)
