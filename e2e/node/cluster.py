@@ -310,6 +310,10 @@ def down() -> None:
     if not os.environ.get("LAMINA_NODE_KEEP"):
         shutil.rmtree(root, ignore_errors=True)
     (STATE / "current").unlink(missing_ok=True)
+    try:  # /run/lamina-node did not exist before the first cluster-up either
+        STATE.rmdir()
+    except OSError:
+        pass  # something else lives there
     log(f"cluster down in {time.monotonic() - t0:.0f} s")
 
 
