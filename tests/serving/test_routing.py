@@ -67,6 +67,15 @@ def test_decode_picker_prefers_free_kv_then_small_batch():
     assert DecodePicker("least-kv").pick([a, b, c]) is c
 
 
+def test_decode_picker_takes_turns_among_equally_loaded_pods():
+    """Sequential requests to idle pods spread over them (a scaled-out pod takes traffic at
+    once); a busier pod still gets none."""
+    a, b, c = pods(3)
+    c.running = 2
+    picker = DecodePicker("least-kv")
+    assert [picker.pick([a, b, c]) for _ in range(4)] == [a, b, a, b]
+
+
 def test_load_decays_with_time():
     load = DecayingLoad(decay_s=0.05)
     load.add(100.0)

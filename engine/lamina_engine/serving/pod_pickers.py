@@ -143,4 +143,9 @@ class DecodePicker:
             raise LookupError("no decode pod is ready")
         if self.policy == "round-robin":
             return pods[next(self._rr) % len(pods)]
-        return min(pods, key=lambda p: (round(p.kv_usage, 2), p.running + p.in_flight))
+        # Ties (idle pods, a freshly scaled-out one) take turns: otherwise one-at-a-time
+        # requests all land on the first pod listed and a new pod gets nothing until load rises.
+        loads = [(round(p.kv_usage, 2), p.running + p.in_flight) for p in pods]
+        least = min(loads)
+        tied = [p for p, load in zip(pods, loads) if load == least]
+        return tied[next(self._rr) % len(tied)]
