@@ -57,6 +57,14 @@ def test_shrink_plan(current, desired, starting, plan):
         (dict(report=DrainReport(True, 2, 0)), "wait", ""),
         (dict(report=DrainReport(True, 0, 1)), "wait", ""),  # KV still being read
         (dict(report=DrainReport(True, 0, 0)), "remove", "Drained"),
+        # work done, but the kubelet still says Ready: lowering the replicas now could make a
+        # ReplicaSet without pod-deletion-cost (< 1.22) remove another, serving pod
+        (dict(report=DrainReport(True, 0, 0), pod=PodState(True, ready=True)), "wait", ""),
+        (
+            dict(report=DrainReport(True, 0, 0), pod=PodState(True, ready=True), at=45),
+            "remove",
+            "DrainTimedOut",
+        ),
         (dict(report=DrainReport(True, 3, 0), at=45), "remove", "DrainTimedOut"),
         (dict(error="connection refused"), "wait", ""),  # patient until the timeout
         (dict(error="connection refused", at=50), "remove", "DrainTimedOut"),

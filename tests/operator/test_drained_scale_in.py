@@ -189,6 +189,15 @@ def wait_running(engine: Engine, n: int, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def kubelet_readiness(cluster, engines) -> None:
+    """What the kubelet's readiness probe does: each pod's Ready condition from its /health."""
+    for i, e in enumerate(engines):
+        ok = httpx.get(f"{e.url}/health", timeout=5).status_code == 200
+        cluster.set_status("v1", "Pod", NS, f"qwen-decode-{i}", {"podIP": "127.0.0.1",
+            "conditions": [{"type": "Ready", "status": str(ok),
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]})  # fmt: skip
+
+
 def test_the_least_busy_pod_drains_its_requests_then_goes(world, engines, recorder):
     busy = [Stream(engines[0], 300), Stream(engines[1], 400), Stream(engines[1], 400)]
     wait_running(engines[0], 1)
@@ -217,6 +226,12 @@ def test_the_least_busy_pod_drains_its_requests_then_goes(world, engines, record
             assert busy[0].thread.is_alive()
         time.sleep(1)
         clock.now += 1
+        if not busy[0].thread.is_alive():
+            # its work is done, but until the kubelet sees /health fail the pod is Ready, and a
+            # ReplicaSet without pod-deletion-cost (< 1.22) could remove another, serving pod
+            auto.evaluate(NS, "qwen")
+            assert decode_replicas(world) == 2, "replicas lowered while the pod was Ready"
+            kubelet_readiness(world, engines)
         auto.evaluate(NS, "qwen")
     # replicas dropped only once qwen-decode-0's request had finished, and it finished whole
     assert busy[0].join(30) == "300 tokens", busy[0].result

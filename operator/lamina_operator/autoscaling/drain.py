@@ -60,6 +60,10 @@ class PodState:
 
     exists: bool
     terminating: bool = False
+    # The kubelet still reports it Ready: its readiness probe (/health, 503 while draining) has
+    # not failed enough times yet. The ReplicaSet deletes not-ready pods first; among ready pods,
+    # before 1.22 (no pod-deletion-cost) it deletes the most recently ready one, maybe not this.
+    ready: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,15 +127,18 @@ def advance(
         return Step("redrain", drain, "DrainRestarted",
                     f"{name} was no longer draining (restarted or undrained by someone "
                     "else): drained again", warning=True)  # fmt: skip
-    if report is not None and report.in_flight == 0 and report.kv_pending == 0:
+    idle = report is not None and report.in_flight == 0 and report.kv_pending == 0
+    if idle and not pod.ready:
         return Step("remove", drain, "Drained",
                     f"{name} drained in {waited:.0f}s: {pool} replicas "
                     f"{drain.replicas}->{drain.effective}")  # fmt: skip
     if waited >= timeout:
         left = (
-            f"{drain.in_flight} requests and {drain.kv_pending} KV transfers unfinished"
-            if error is None
-            else f"unreachable ({error})"
+            f"unreachable ({error})"
+            if error is not None
+            else "its work done but still Ready (readiness probe not failed)"
+            if idle
+            else f"{drain.in_flight} requests and {drain.kv_pending} KV transfers unfinished"
         )
         return Step("remove", drain, "DrainTimedOut",
                     f"{name} not drained after {timeout:.0f}s, {left}: removed anyway, "

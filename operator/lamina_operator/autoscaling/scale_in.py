@@ -99,7 +99,9 @@ class ScaleIn:
         pod = self.client.get("v1", "Pod", namespace, drain.pod)
         if pod is None or (drain.uid and pod["metadata"].get("uid") not in (None, drain.uid)):
             return PodState(False), None  # gone (a new pod of the same name is another pod)
-        return PodState(True, bool(pod["metadata"].get("deletionTimestamp"))), pod
+        conds = (pod.get("status") or {}).get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+        return PodState(True, bool(pod["metadata"].get("deletionTimestamp")), ready), pod
 
     def _event(self, body: dict[str, Any], step: Step) -> None:
         if step.reason:
