@@ -26,6 +26,7 @@ class LoadResult:
     ok_after_retry: int = 0
     failed: list[str] = field(default_factory=list)
     retry_reasons: Counter = field(default_factory=Counter)
+    retry_examples: list[str] = field(default_factory=list)  # the first few, with the message
     seconds: float = 0.0
 
     @property
@@ -48,6 +49,9 @@ def _one(client: openai.OpenAI, model: str, prompt: str, expected: str, max_toke
                     result.failed.append(f"HTTP {err.status_code}: {err.message}")
                 return
             reason = f"HTTP {err.status_code}"
+            with lock:
+                if len(result.retry_examples) < 5:
+                    result.retry_examples.append(f"{reason}: {err.message}"[:300])
         else:
             text = out.choices[0].text
             with lock:
