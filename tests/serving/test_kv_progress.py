@@ -176,6 +176,16 @@ async def loaded(engine: Engine, layers: int) -> None:
         await asyncio.sleep(0.01)
 
 
+def started(prefill, name: str):
+    """A fresh handle, its 4 groups staged (not yet published) and its notices begun: what a
+    prefill has done when it starts shipping. (handle, blobs, notices)"""
+    handle = f"{name}-{uuid.uuid4().hex}"
+    blobs = staged_groups(prefill, f"staged-{handle}")
+    notices = ProgressNotices(prefill.transport, handle)
+    prefill.call(notices.start)
+    return handle, blobs, notices
+
+
 def test_shipped_kv_loads_without_fallback(engines, sides, redis_server, expected):
     prefill, deployment = sides
     handle = f"ok-{uuid.uuid4().hex}"
@@ -204,10 +214,7 @@ def test_frozen_prefill_is_found_out_before_the_deadline(engines, sides, redis_s
 
 def test_prefill_that_stops_mid_transfer_is_found_out(engines, sides, redis_server, expected):
     prefill, deployment = sides
-    handle = f"stops-{uuid.uuid4().hex}"
-    blobs = staged_groups(prefill, f"staged-{handle}")
-    notices = ProgressNotices(prefill.transport, handle)
-    prefill.call(notices.start)
+    handle, blobs, notices = started(prefill, "stops")
 
     async def moves(_):
         await publish(prefill, handle, blobs[:2], notices)
@@ -225,10 +232,7 @@ def test_flushall_mid_transfer_is_found_out_at_once(engines, sides, redis_server
     """Redis forgets everything while the decode pod has 2 of 4 groups: the prefill is alive
     (its notices go on), but what it announced is gone, so waiting is pointless."""
     prefill, deployment = sides
-    handle = f"flush-{uuid.uuid4().hex}"
-    blobs = staged_groups(prefill, f"staged-{handle}")
-    notices = ProgressNotices(prefill.transport, handle)
-    prefill.call(notices.start)
+    handle, blobs, notices = started(prefill, "flush")
 
     async def moves(_):
         await publish(prefill, handle, blobs[:2], notices)
@@ -255,10 +259,7 @@ def test_flushall_before_the_decode_reads_is_found_out(engines, sides, redis_ser
 
 def test_prefill_reporting_failure_ends_the_wait(engines, sides, redis_server, expected):
     prefill, deployment = sides
-    handle = f"failed-{uuid.uuid4().hex}"
-    blobs = staged_groups(prefill, f"staged-{handle}")
-    notices = ProgressNotices(prefill.transport, handle)
-    prefill.call(notices.start)
+    handle, blobs, notices = started(prefill, "failed")
 
     async def moves(_):
         await publish(prefill, handle, blobs[:1], notices)
@@ -274,10 +275,7 @@ def test_slow_but_alive_prefill_is_waited_for(engines, sides, redis_server, expe
     """A prefill that renews its notice but puts nothing for longer than the first-notice
     wait and STALL_S (a long queue) is not given up on: its beats go on."""
     prefill, deployment = sides
-    handle = f"slow-{uuid.uuid4().hex}"
-    blobs = staged_groups(prefill, f"staged-{handle}")
-    notices = ProgressNotices(prefill.transport, handle)
-    prefill.call(notices.start)
+    handle, blobs, notices = started(prefill, "slow")
 
     async def moves(_):
         await asyncio.sleep(FIRST_NOTICE_S + 1.5)  # nothing put yet, notices renewed
