@@ -283,8 +283,8 @@ class RouterServer:
         no untried pod left: the client gets the 503, which is retryable)."""
         if upstream.status_code != 503:
             return None
-        others = [p for p in pods if p.available and all(p is not t for t in tried)]
-        if len(tried) >= 2 or not others:
+        others = _retry_candidates(pods, tried)
+        if not others:
             return None
         pod.draining = True  # until its next poll says otherwise
         log.info("backend %s answered 503 (draining or not ready); retrying on another",
@@ -296,8 +296,8 @@ class RouterServer:
         """`pod` failed before any output: mark it down and pick another not tried yet (one
         retry in all), else raise a 502."""
         self.pool.mark_down(pod)
-        others = [p for p in pods if p.available and all(p is not t for t in tried)]
-        if len(tried) >= 2 or not others:
+        others = _retry_candidates(pods, tried)
+        if not others:
             raise OpenAIError(502, f"backend {pod.address} failed ({reason}): {exc!r}; "
                               "retry the request", "server_error")  # fmt: skip
         log.warning("backend %s failed (%s: %r); retrying on another", pod.address, reason, exc)
@@ -358,6 +358,14 @@ class RouterServer:
         finally:
             pod.in_flight -= 1
             await upstream.aclose()
+
+
+def _retry_candidates(pods, tried: list) -> list[BackendState]:
+    """The pods a request may go to next: available and not tried yet; none once it was sent
+    twice (one retry in all)."""
+    if len(tried) >= 2:
+        return []
+    return [p for p in pods if p.available and all(p is not t for t in tried)]
 
 
 async def _disconnected(request: Request) -> None:
