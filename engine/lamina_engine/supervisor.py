@@ -2,7 +2,7 @@
 
     Child       one process: its name, command line, environment, the ports it binds, and
                 the URL that answers 200 once it serves; it serves when it listens on its
-                ports itself (/proc: another process on the port never counts) and that URL
+                ports itself (psutil: another process on the port never counts) and that URL
                 answers
     Supervisor  start()       refuses ports already in use (PortInUse), then spawns every child
                 wait_ready()  until every child serves; a child that exits first is an error
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import signal
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 import httpx
+import psutil
 
 BACKOFF_START_S = 1.0
 BACKOFF_CAP_S = 30.0  # a kubelet caps at 5 min; a stack on a laptop should come back sooner
@@ -82,32 +82,16 @@ def _accepts(host: str, port: int) -> bool:
 
 
 def listening(pid: int, port: int) -> bool:
-    """Whether process `pid` itself holds a listening TCP socket on `port` (Linux: /proc;
-    elsewhere: whether the port accepts), so another server on that port never counts."""
-    if not os.path.isdir("/proc/net"):
-        return _accepts("127.0.0.1", port)
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:  # sl local_address rem_address st ... inode
-                    cols = line.split()
-                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(f"socket:[{cols[9]}]")
-        except OSError:
-            continue
+    """Whether process `pid` itself holds a listening TCP socket on `port`, so another server
+    on that port never counts. Where the OS will not say (psutil: access denied), whether the
+    port accepts."""
     try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:  # gone
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:  # gone
         return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                return True
-        except OSError:
-            continue
-    return False
+    except psutil.AccessDenied:
+        return _accepts("127.0.0.1", port)
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
