@@ -34,9 +34,10 @@ def complete(url: str, prompt: str) -> list[int]:
     return r.json()["choices"][0]["token_ids"]
 
 
-def spawn_prefill(model, port: int, redis_url: str) -> subprocess.Popen:
+def spawn_prefill(model, port: int, internal: int, redis_url: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "lamina_engine.cli", "serve", "--role", "prefill",
-            "--model", str(model), "--port", str(port), "--served-model-name", "tiny-moe",
+            "--model", str(model), "--port", str(port), "--internal-port", str(internal),
+            "--served-model-name", "tiny-moe",
             "--dtype", "float32", "--device", "cpu", "--num-gpu-blocks", "256",
             "--kv-backend", "redis", "--kv-redis-url", redis_url]  # fmt: skip
     env = dict(os.environ, LAMINA_DEPLOYMENT="load")
@@ -46,16 +47,16 @@ def spawn_prefill(model, port: int, redis_url: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_200_requests_survive_a_prefill_restart(start, tiny_model, redis_server, unified, healthy):
     want = {p: complete(unified.url, p) for p in PROMPTS}
-    port = _free_port()
+    port, internal = _free_port(), _free_port()  # not public + 1: that one may be taken
     prefill_url = f"http://127.0.0.1:{port}"
-    procs = [spawn_prefill(tiny_model, port, redis_server.url)]
+    procs = [spawn_prefill(tiny_model, port, internal, redis_server.url)]
     try:
         healthy(prefill_url, 120)
         decode = start(role="decode", model=str(tiny_model), kv_backend="redis",
                        kv_redis_url=redis_server.url, kv_wait_seconds=3.0,
                        deployment="load")  # fmt: skip
         router = start(role="router", model=str(tiny_model), backend_poll_seconds=0.2,
-                       prefill_service=f"127.0.0.1:{port + 1}",  # its internal port
+                       prefill_service=f"127.0.0.1:{internal}",
                        decode_service=decode.address)  # fmt: skip
         done = []
 
@@ -64,7 +65,7 @@ def test_200_requests_survive_a_prefill_restart(start, tiny_model, redis_server,
                 time.sleep(0.05)
             procs[0].send_signal(signal.SIGKILL)
             procs[0].wait()
-            procs.append(spawn_prefill(tiny_model, port, redis_server.url))
+            procs.append(spawn_prefill(tiny_model, port, internal, redis_server.url))
 
         def one(i: int) -> bool:
             prompt = PROMPTS[i % len(PROMPTS)]

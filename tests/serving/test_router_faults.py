@@ -114,9 +114,10 @@ def test_a_non_streaming_client_that_leaves_aborts_the_pod_request(front, wait_f
     assert _metric(pod.url, "lamina_requests_total", reason="length") == 0
 
 
-def _spawn_decode(model, port: int, redis_url: str) -> subprocess.Popen:
+def _spawn_decode(model, port: int, internal: int, redis_url: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "lamina_engine.cli", "serve", "--role", "decode",
-            "--model", str(model), "--port", str(port), "--served-model-name", MODEL_NAME,
+            "--model", str(model), "--port", str(port), "--internal-port", str(internal),
+            "--served-model-name", MODEL_NAME,
             "--dtype", "float32", "--device", "cpu", "--num-gpu-blocks", "256",
             "--kv-backend", "redis", "--kv-redis-url", redis_url]  # fmt: skip
     env = dict(os.environ, LAMINA_DEPLOYMENT="faults")
@@ -130,13 +131,15 @@ def test_killed_decode_pods(tiny_model, redis_server, start, healthy, wait_for):
     (lamina_router_retries_total); when the pod serving a stream is killed mid-stream, the
     client gets an OpenAI error event, not a cut chunked body."""
     ports = [_free_port(), _free_port()]
-    procs = [_spawn_decode(tiny_model, p, redis_server.url) for p in ports]
+    # internal ports chosen free too: the default (public + 1) may be the other pod's port
+    internal = [_free_port(), _free_port()]
+    procs = [_spawn_decode(tiny_model, p, i, redis_server.url) for p, i in zip(ports, internal)]
     try:
         for p in ports:
             healthy(f"http://127.0.0.1:{p}", 180)
         router = start(role="router", model=str(tiny_model), backend_poll_seconds=3600,
                        decode_picker="round-robin", wait_ready=False,
-                       decode_service=",".join(f"127.0.0.1:{p + 1}" for p in ports))  # fmt: skip
+                       decode_service=",".join(f"127.0.0.1:{i}" for i in internal))  # fmt: skip
         # decode pods without a prefill pod: /health says not ready, yet they serve whole
         wait_for(lambda: len(router.server.pool.available("decode")) == 2, 120)
         client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="x", max_retries=0)
