@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 # helm and the kube-apiserver build are cached per user, so a fresh clone reuses them.
 export LAMINA_E2E_CACHE ?= $(HOME)/.cache/lamina/e2e
 
-.PHONY: install test test-fast lint e2e up crds clean cluster-up cluster-down e2e-node
+.PHONY: install test test-fast lint e2e e2e-api e2e-node up crds clean cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -33,7 +33,12 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-e2e: $(STAMP)
+# Both e2e layers: the operator against a real kube-apiserver (e2e-api, ~1 min once the control
+# plane is built), then the whole product on a real single-node Kubernetes (e2e-node: helm,
+# kubectl, openai; needs root; starts and stops a cluster unless `make cluster-up` left one up).
+e2e: e2e-api e2e-node
+
+e2e-api: $(STAMP)
 	bash e2e/run.sh
 
 up: $(STAMP)
@@ -48,7 +53,8 @@ cluster-up: $(STAMP)
 cluster-down:
 	@$$(test -x $(PY) && echo $(PY) || echo python3) e2e/node/cluster.py down
 
-# The full-stack e2e on that node (helm, kubectl, openai); starts and stops a cluster if none is up.
+# The full-stack e2e on that node (helm, kubectl, openai); starts and stops a cluster if none is up,
+# and then checks the machine's settings came back as they were.
 e2e-node: $(STAMP)
 	bash e2e/node/run.sh
 

@@ -2,7 +2,7 @@
 back down with no failed request, a hand-made replica change is reported.
 
 The chart's operator (autoscaling runs in it) and manifests/demo.yaml's ServingDeployment with an
-inline policy: a 5 s interval, a 15 s scale-down window, a 30 ms p90 TBT target the CPU demo
+inline policy: a 5 s interval, a 15 s scale-down window, a 20 ms p90 TBT target the CPU demo
 model misses with 8 requests on one decode pod, decode between 1 and 2 pods, prefill fixed at 1. Tests run in file
 order on one ServingDeployment. docs/autoscaling.md ("On a real node") has the numbers.
 """
@@ -37,10 +37,11 @@ RUN = Path(os.environ.get("LAMINA_NODE_RUN", "/nonexistent"))
 REPORT = Path(os.environ.get("LAMINA_NODE_AUTOSCALING_OUT", RUN / "autoscaling.json"))
 HEAVY_TOKENS, LIGHT_TOKENS = 32, 32
 POLICY = {
-    # The demo model's CPU decode step: p90 15 ms at batch 1, 60-70 ms at batch 8 here. TBT
-    # counts only while decode batches (2+ requests running per pod): 8 in flight on one pod
-    # miss 30 ms; 1 in flight does not batch, so TBT does not count.
-    "tbt": {"percentile": 90, "targetMilliseconds": 30},
+    # The demo model's CPU decode step: p90 15 ms at batch 1, 33-70 ms at batch 8 on this 2-core
+    # machine (the low end when nothing else runs). TBT counts only while decode batches (2+
+    # requests running per pod): 8 in flight on one pod miss 20 ms by a margin whatever else
+    # the machine does; 1 in flight does not batch, so TBT does not count.
+    "tbt": {"percentile": 90, "targetMilliseconds": 20},
     "prefill": {"minReplicas": 1, "maxReplicas": 1},
     "decode": {"minReplicas": 1, "maxReplicas": 2},
     "warmupSeconds": 0,
@@ -157,7 +158,7 @@ def test_load_scales_decode_up(admin: Kubectl, expected: dict[int, str]) -> None
 
 def test_quiet_scales_decode_down_through_a_drain(admin: Kubectl, expected: dict[int, str]) -> None:
     """1 in flight (the router alternates the pods; no batching, KV use low; 2 in flight on the
-    pod left batch and miss 30 ms here, scaling up again): after the 15 s scale-down window
+    pod left batch and miss 20 ms, scaling up again): after the 15 s scale-down window
     decode goes 2 -> 1 by draining one pod (status.autoscaling.drains, DrainStarted, Drained:
     the ReplicaSet removes that pod), and the light load across it sees no failure and no
     retry."""
