@@ -29,6 +29,8 @@ class EnginePod:
         self.kv = Gauge("lamina_kv_cache_utilization", "", ["role"], registry=r)
         self.prefill_tokens = Counter("lamina_prefill_tokens_total", "", ["role"], registry=r)
         self.decode_tokens = Counter("lamina_decode_tokens_total", "", ["role"], registry=r)
+        self.output = Histogram("lamina_request_generation_tokens", "", ["role"],
+                                buckets=tuple(float(2**i) for i in range(18)), registry=r)  # fmt: skip
         pod = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,6 +48,11 @@ class EnginePod:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def finish(self, *outputs: int):
+        """Requests finished with these output lengths (tokens)."""
+        for tokens in outputs:
+            self.output.labels(self.role).observe(tokens)
 
     def load(self, tbt=None, ttft=None, n=200, running=0, kv=0.0, tokens=0):
         for _ in range(n):
@@ -93,6 +100,10 @@ class FakePrometheus:
                         result.append({"metric": {"pod": pod}, "value": [0, "20"]})
                     elif "lamina_kv_cache_utilization" in query:
                         result.append({"metric": {"pod": pod}, "value": [0, "0.5"]})
+                    elif "lamina_request_generation_tokens_count" in query:
+                        result.append({"metric": {"pod": pod}, "value": [0, "2"]})
+                    elif "lamina_request_generation_tokens_sum" in query:
+                        result.append({"metric": {"pod": pod}, "value": [0, "900"]})
                 body = json.dumps(
                     {"status": "success", "data": {"resultType": "vector", "result": result}}
                 ).encode()

@@ -233,6 +233,40 @@ def test_scrape_turns_totals_into_rates_deltas_and_waiting_tokens():
     assert restarted.ttft[-1][1] == 10  # counted from zero, not negative
 
 
+def test_scrape_reads_finished_requests_and_their_output_tokens():
+    # The decode forecast's mean output: finished requests and their output tokens per second,
+    # from the engine's lamina_request_generation_tokens histogram (_count and _sum).
+    from lamina_operator.autoscaling.scrape import PodTarget, parse, sample
+
+    pod = EnginePod("decode")
+    try:
+        target = PodTarget("d", "uid-d", "unused", 100.0)
+        pod.finish(100, 300)
+        first = parse(generate_latest(pod.registry).decode(), now=0.0)
+        pod.finish(400, 500, 600)
+        second = parse(generate_latest(pod.registry).decode(), now=10.0)
+    finally:
+        pod.stop()
+    s = sample(target, second, first)
+    assert s.finished_per_second == pytest.approx(0.3)  # 3 requests in 10 s
+    assert s.finished_output_tokens_per_second == pytest.approx(150.0)  # 1500 tokens in 10 s
+    assert sample(target, first, None).finished_per_second == 0.0  # one scrape: no rate yet
+
+
+def test_prometheus_reads_finished_requests_and_their_output_tokens():
+    from lamina_operator.autoscaling.scrape import PodTarget, PrometheusReader
+
+    prom = FakePrometheus(["qwen-decode-0"])
+    try:
+        reader = PrometheusReader(prom.url, 5)
+        (s,) = reader.read(NS, [PodTarget("qwen-decode-0", "u", "unused", 100.0)], 15)
+    finally:
+        prom.stop()
+    assert s.finished_per_second == 2.0 and s.finished_output_tokens_per_second == 900.0
+    assert any("rate(lamina_request_generation_tokens_sum{" in q and "[15s]" in q
+               for q in prom.queries)  # fmt: skip
+
+
 def test_each_deployment_keeps_its_own_scrapes(
     world, pods, recorder, reconciler, sd_factory, gpu_spec
 ):

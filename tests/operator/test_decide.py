@@ -432,3 +432,82 @@ def test_ttft_of_prompts_longer_than_the_target_is_not_acted_on(name, prompts, s
     assert d.pools["prefill"].desired == want, d.message()
     ttft = next(s for s in d.pools["prefill"].signals if s.name == "ttft")
     assert ttft.actionable == (want > 2)
+
+
+def _forecast_obs(now, *, arrivals=6.0, mean_output=450.0, decoding=1400.0, tbt=0.045, n=4,
+                  starting=0, finished=2.0):  # fmt: skip
+    """Prefill pods finished `arrivals` prompts/s over the 15 s interval; decode pods finished
+    `finished` requests/s of `mean_output` tokens and decode `decoding` tokens/s in all."""
+    prompts = arrivals * 15
+    pre = tuple(
+        PodSample(f"p{i}", 600.0, ttft=hist(0.3, n=int(prompts / 2)),
+                  prefill_tokens_per_second=500.0)
+        for i in range(2)
+    )  # fmt: skip
+    dec = tuple(
+        PodSample(f"d{i}", 600.0, tbt=hist(tbt), kv_utilization=0.3, running=10,
+                  decode_tokens_per_second=decoding / n, finished_per_second=finished / n,
+                  finished_output_tokens_per_second=finished * mean_output / n)
+        for i in range(n)
+    )  # fmt: skip
+    return obs(now, PoolObservation(2, 2, 0, 1, pre), PoolObservation(n + starting, n, starting,
+                                                                      1, dec))  # fmt: skip
+
+
+def _forecast_history(capacity=500.0, decode_replicas=4):
+    return [HistoryEntry(0, {"prefill": 2, "decode": decode_replicas},
+                         {"prefill": 2, "decode": decode_replicas},
+                         prefill_capacity=2400.0, prefill_queued=0.0,
+                         decode_capacity=capacity)]  # fmt: skip
+
+
+def test_decode_demand_forecast_sizes_decode_ahead_of_the_batch():
+    # Long outputs begin: 6 req/s x 450 tokens = 2700 tokens/s will be asked of decode, which
+    # decodes 1400 now (the batch is still building up) and whose TBT is within tolerance. At
+    # 500 tokens/s per pod at the TBT target that is 5.4 pods: 6.
+    d = decide(policy(), _forecast_obs(15), _forecast_history())
+    demand = next(s for s in d.pools["decode"].signals if s.name == "demand")
+    assert demand.value == pytest.approx(2700 / (500 * 4))
+    assert d.pools["decode"].desired == 6 and d.reason == "ScaledUp"
+    assert "demand 6 req/s x 450 tokens = 2700 tokens/s at 500/pod" in d.message()
+    assert d.decode_capacity == 500.0
+    # Pods already on their way are counted: with 2 starting the 6 asked for cover it.
+    d = decide(policy(), _forecast_obs(15, starting=2), _forecast_history(decode_replicas=6))
+    assert d.pools["decode"].desired == 6
+
+
+@pytest.mark.parametrize(
+    "name, kw, capacity",
+    [
+        ("the batch already is the demand: tbt and kv size the pool", {"decoding": 2600.0}, 500.0),
+        ("no request finished: no mean output", {"finished": 0.0}, 500.0),
+        ("no per-pod rate at the target measured yet", {}, None),
+    ],
+)
+def test_decode_demand_forecast_not_used(name, kw, capacity):
+    d = decide(policy(), _forecast_obs(15, **kw), _forecast_history(capacity))
+    assert all(s.name != "demand" for s in d.pools["decode"].signals), name
+    assert d.pools["decode"].desired == 4, name
+
+
+def test_decode_demand_forecast_only_raises():
+    # A demand the pool covers easily does not hold it up: TBT and KV alone size it down.
+    o = _forecast_obs(15, arrivals=1.0, mean_output=100.0, decoding=50.0, tbt=0.02)
+    d = decide(policy(), o, _forecast_history())
+    assert any(s.name == "demand" for s in d.pools["decode"].signals)
+    assert d.pools["decode"].recommended < 4
+
+
+@pytest.mark.parametrize(
+    "name, tbt, rate, previous, want",
+    [
+        ("TBT at the target: its rate is the capacity", 0.048, 520.0, None, 520.0),
+        ("the most seen at the target is kept", 0.048, 450.0, 520.0, 520.0),
+        ("a lightly loaded pod's rate says nothing", 0.03, 300.0, None, None),
+        ("over the target: not a rate within it", 0.06, 700.0, 520.0, 520.0),
+    ],
+)
+def test_decode_capacity_is_learned_at_the_tbt_target(name, tbt, rate, previous, want):
+    o = _forecast_obs(15, decoding=rate * 4, tbt=tbt)
+    d = decide(policy(), o, _forecast_history(previous))
+    assert d.decode_capacity == want, name

@@ -29,7 +29,10 @@ from .decision import Decision, HistoryEntry, PoolDecision
 from .observation import POOLS, Observation
 from .signals import (
     PoolSignals,
+    decode_capacity,
+    decode_demand,
     decode_signals,
+    demand_signal,
     prefill_capacity,
     prefill_queued,
     prefill_signals,
@@ -134,6 +137,7 @@ def decide(
     current = {pool: obs.pools[pool].desired for pool in POOLS}
     gpus_before = gpus(current, per_replica)
     capacity = last.prefill_capacity if last else None
+    decode_rate = last.decode_capacity if last else None
     if obs.metrics_error is not None:
         pools = {
             pool: PoolDecision(
@@ -146,14 +150,21 @@ def decide(
             obs.now, policy.mode, "MetricsUnavailable", pools, gpus_before, gpus_before,
             policy.gpu_budget, manual_since=dict(last.manual_since) if last else {},
             prefill_capacity=capacity, notes=(f"metrics: {obs.metrics_error}",),
+            decode_capacity=decode_rate,
         )  # fmt: skip
     changed, manual_since = _manual(policy, obs, last)
     fixed = set(manual_since)
     capacity = prefill_capacity(obs, capacity, policy.warmup_seconds)
+    decode_rate = decode_capacity(obs, policy, decode_rate)
+    demand = decode_demand(obs, policy.evaluation_interval_seconds)
     signals = {
         "prefill": prefill_signals(obs, policy, capacity, last),
         "decode": decode_signals(obs, policy),
     }
+    signals["decode"] += demand_signal(obs, policy, demand, decode_rate)
+    inputs: dict[str, tuple[str, ...]] = {pool: () for pool in POOLS}
+    if demand is not None and decode_rate:
+        inputs["decode"] = (demand.describe(decode_rate),)
     raw: dict[str, PoolSignals] = {}
     stabilized: dict[str, int] = {}
     counts: dict[str, int] = {}
@@ -213,6 +224,7 @@ def decide(
             desired=counts[pool],
             clamps=tuple(clamps[pool]),
             held=pool in fixed,
+            inputs=inputs[pool],
         )
         for pool in POOLS
     }
@@ -230,6 +242,7 @@ def decide(
         manual_since=manual_since,
         prefill_capacity=capacity,
         prefill_queued=prefill_queued(obs),
+        decode_capacity=decode_rate,
         notes=notes,
         scale_down_seconds=down_seconds,
     )

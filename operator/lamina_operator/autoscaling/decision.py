@@ -44,9 +44,12 @@ class PoolDecision:
     desired: int  # after step, bounds, ratio and budget: what is (or would be) applied
     clamps: tuple[str, ...] = ()  # each rule that changed the number, in order, for people
     held: bool = False  # a manual change is being yielded to
+    inputs: tuple[str, ...] = ()  # what a forecast signal was computed from, for people
 
     def describe(self) -> str:
         sig = " ".join(s.describe() for s in self.signals) or "no signals"
+        if self.inputs:
+            sig += " (" + "; ".join(self.inputs) + ")"
         clamps = f" [{'; '.join(self.clamps)}]" if self.clamps else ""
         return (
             f"{self.current}->{self.desired} (ready {self.ready}, starting {self.starting}; "
@@ -64,6 +67,7 @@ class HistoryEntry:
     prefill_queued: float | None = None  # waiting prompt tokens then (for the arrival rate)
     # pool -> scale-down window learned from demand that came back after a scale-down (seconds)
     scale_down_seconds: dict[str, float] = field(default_factory=dict)
+    decode_capacity: float | None = None  # output tokens/s a decode pod makes within TBT
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Decision:
     prefill_queued: float | None = None
     notes: tuple[str, ...] = ()  # deployment-wide clamps (budget, ratio) and metric problems
     scale_down_seconds: dict[str, float] = field(default_factory=dict)  # learned, per pool
+    decode_capacity: float | None = None  # output tokens/s a decode pod makes within TBT
 
     @property
     def apply(self) -> bool:
@@ -116,4 +121,5 @@ class Decision:
             prefill_capacity=self.prefill_capacity,
             prefill_queued=self.prefill_queued,
             scale_down_seconds=dict(self.scale_down_seconds),
+            decode_capacity=self.decode_capacity,
         )

@@ -35,6 +35,10 @@ class PodSample:
     prefill_tokens_per_second: float = 0.0  # prompt tokens computed per second
     decode_tokens_per_second: float = 0.0  # output tokens decoded per second
     busy_fraction: float | None = None  # share of the interval spent in model steps, 0..1
+    # requests that finished on this pod per second, and their output tokens per second
+    # (lamina_request_generation_tokens' _count and _sum): their ratio is the mean output
+    finished_per_second: float = 0.0
+    finished_output_tokens_per_second: float = 0.0
 
 
 @dataclass(frozen=True)

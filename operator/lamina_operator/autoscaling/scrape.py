@@ -4,7 +4,10 @@ Names read (the engine's serving/metrics.py):
     lamina_request_ttft_seconds (histogram), lamina_request_tbt_seconds (histogram),
     lamina_queue_depth, lamina_running_batch_size, lamina_kv_cache_utilization (gauges),
     lamina_prefill_tokens_total, lamina_decode_tokens_total (counters),
-    lamina_engine_step_seconds (histogram: its _sum over time is the pod's busy share).
+    lamina_engine_step_seconds (histogram: its _sum over time is the pod's busy share),
+    lamina_request_generation_tokens (histogram of finished requests' output tokens: the rates
+    of its _count and _sum are the requests finished per second and their output tokens, whose
+    ratio is the mean output the decode forecast uses).
 The waiting prompt tokens of a pod are its waiting requests x its mean prompt so far (prefill
 tokens computed / first tokens produced). Not lamina_prefill_queue_tokens: it also counts what
 is left of the prompts being computed, a remainder every pod carries, so its pool total grows
@@ -33,6 +36,8 @@ TTFT, TBT = "lamina_request_ttft_seconds", "lamina_request_tbt_seconds"
 GAUGES = ("lamina_queue_depth", "lamina_running_batch_size", "lamina_kv_cache_utilization")
 COUNTERS = ("lamina_prefill_tokens_total", "lamina_decode_tokens_total")
 STEP_SECONDS = "lamina_engine_step_seconds_sum"
+OUTPUT = "lamina_request_generation_tokens"
+FINISHED, FINISHED_TOKENS = f"{OUTPUT}_count", f"{OUTPUT}_sum"
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,8 @@ def sample(target: PodTarget, cur: Snapshot, prev: Snapshot | None) -> PodSample
         prefill_tokens_per_second=rate("lamina_prefill_tokens_total"),
         decode_tokens_per_second=rate("lamina_decode_tokens_total"),
         busy_fraction=min(1.0, rate(STEP_SECONDS)) if prev and STEP_SECONDS in v else None,
+        finished_per_second=rate(FINISHED),
+        finished_output_tokens_per_second=rate(FINISHED_TOKENS),
     )
 
 
@@ -172,7 +179,7 @@ class PrometheusReader:
         for name in GAUGES:
             for r in self._query(f"sum by (pod) ({name}{{{sel}}})"):
                 per_pod[r["metric"]["pod"]][name] = float(r["value"][1])
-        for name in (*COUNTERS, STEP_SECONDS):
+        for name in (*COUNTERS, STEP_SECONDS, FINISHED, FINISHED_TOKENS):
             for r in self._query(f"sum by (pod) (rate({name}{{{sel}}}[{window}s]))"):
                 per_pod[r["metric"]["pod"]][name] = float(r["value"][1])
         for name in (TTFT, TBT):
@@ -205,6 +212,8 @@ class PrometheusReader:
                     prefill_tokens_per_second=v.get("lamina_prefill_tokens_total", 0.0),
                     decode_tokens_per_second=v.get("lamina_decode_tokens_total", 0.0),
                     busy_fraction=min(1.0, v[STEP_SECONDS]) if STEP_SECONDS in v else None,
+                    finished_per_second=v.get(FINISHED, 0.0),
+                    finished_output_tokens_per_second=v.get(FINISHED_TOKENS, 0.0),
                 )  # fmt: skip
             )
         return out

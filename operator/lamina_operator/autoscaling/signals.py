@@ -11,7 +11,18 @@ Prefill signals:
   capacity (their measured rate until a capacity is known), vs targetPrefillBacklog.
 Decode signals:
 - tbt: the warm pods' TBT percentile vs the target;
-- kv: KV utilisation scaled up by the requests waiting for a decode slot, vs the KV target.
+- kv: KV utilisation scaled up by the requests waiting for a decode slot, vs the KV target;
+- demand (a forecast, up only): the output tokens/s the requests entering decode will ask for
+  (arrivals: prompts the prefill pool finished per second; x the mean output of the requests
+  decode finished) over what the pool's pods decode at the TBT target. In steady state
+  tokens/s = arrivals x mean output (Little's law): when the arrivals or the outputs grow, the
+  running batch and the step follow over a request's lifetime (tens of seconds) while this
+  says at once how many pods the new demand needs. The tokens/s a pod decodes at the target is
+  learned (`decode_capacity`): the most a warm pod decoded in an interval whose TBT percentile
+  was at the target (within the tolerance below it). The signal exists only while the demand
+  is ahead of what the pool decodes now (past the tolerance): otherwise the batch of now is
+  the demand and tbt/kv measure it. It only raises the pool (left out of the scale-down sizing
+  and of the hold), and is usable while pods start (a flow: pods on their way are counted).
 
 The rule, per pool, is the HPA's over several metrics (the largest recommendation wins):
 - up when any usable signal's ratio exceeds 1 + tolerance: the largest ceil(pods * ratio) of
@@ -51,6 +62,8 @@ BUSY = 0.5  # prefill utilisation from which prompts wait at times (TTFT is load
 # While pods start or warm up, these cannot show the capacity on its way (the flows can; so can
 # TBT, compared with the replicas asked for: see the module docstring).
 SETTLING_EXCLUDED = ("backlog", "ttft")
+# Signals that only push a pool up: left out of the scale-down sizing and of the hold.
+UP_ONLY = ("backlog", "demand")
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,81 @@ def decode_signals(obs: Observation, policy: AutoscalingPolicySpec) -> list[Sign
     return out
 
 
+def decode_capacity(
+    obs: Observation, policy: AutoscalingPolicySpec, previous: float | None
+) -> float | None:
+    """Output tokens/s one decode pod decodes at the TBT target: the most a warm pod decoded
+    over an interval whose TBT percentile was at the target (within the tolerance below it),
+    i.e. while its batch was about the one that meets it; the previous value when no pod was
+    there. Rates at lower TBTs are not used: a lightly loaded pod's rate says little about its
+    rate at the target (the step has a floor), and would make the forecast ask for too many."""
+    best = previous
+    if policy.tbt is None:
+        return best
+    target = policy.tbt.target_milliseconds / 1000
+    low = target * (1 - policy.tolerance_percent / 100)
+    for pod in obs.pools["decode"].pods:
+        if pod.ready_seconds < policy.warmup_seconds or count(pod.tbt) <= 0:
+            continue
+        value = quantile(policy.tbt.percentile / 100, pod.tbt)
+        if value is not None and low <= value <= target and pod.decode_tokens_per_second > 0:
+            best = max(best or 0.0, pod.decode_tokens_per_second)
+    return best
+
+
+@dataclass(frozen=True)
+class DecodeDemand:
+    """The decode forecast's inputs: requests/s entering decode, their mean output, and the
+    output tokens/s that asks of the pool (arrivals x mean output)."""
+
+    arrivals: float
+    mean_output: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.arrivals * self.mean_output
+
+    def describe(self, capacity: float) -> str:
+        return (
+            f"demand {self.arrivals:.3g} req/s x {self.mean_output:.0f} tokens = "
+            f"{self.tokens_per_second:.0f} tokens/s at {capacity:.0f}/pod"
+        )
+
+
+def decode_demand(obs: Observation, interval: float) -> DecodeDemand | None:
+    """None when it cannot be told: no request finished on decode this interval (no mean
+    output), or nothing measured the arrivals."""
+    decode = obs.pools["decode"].pods
+    finished = sum(p.finished_per_second for p in decode)
+    if finished <= 0 or interval <= 0:
+        return None
+    mean_output = sum(p.finished_output_tokens_per_second for p in decode) / finished
+    # prompts computed (first tokens) by the prefill pool: the requests on their way to decode
+    arrivals = sum(count(p.ttft) for p in obs.pools["prefill"].pods) / interval
+    if arrivals <= 0:
+        return None
+    return DecodeDemand(arrivals, mean_output)
+
+
+def demand_signal(
+    obs: Observation,
+    policy: AutoscalingPolicySpec,
+    demand: DecodeDemand | None,
+    capacity: float | None,
+) -> list[Signal]:
+    pool = obs.pools["decode"]
+    pods = pool.ready + pool.starting
+    if demand is None or not capacity or not pool.ready or not pods:
+        return []
+    # Only while the demand is ahead of what the pool decodes now (the batch still building
+    # up): otherwise the batch of now is the demand, and TBT and KV measure it directly.
+    decoding = sum(p.decode_tokens_per_second for p in pool.pods)
+    if demand.tokens_per_second <= decoding * (1 + policy.tolerance_percent / 100):
+        return []
+    # the pods the demand needs at the measured per-pod rate, over the ready and starting pods
+    return [Signal("demand", demand.tokens_per_second / (capacity * pods), 1.0, False, pods)]
+
+
 def recommend(
     pool: PoolObservation, signals: list[Signal], policy: AutoscalingPolicySpec
 ) -> PoolSignals:
@@ -211,10 +299,11 @@ def recommend(
         return PoolSignals(frozen, current, "StartingPods", starting_credit=True)
     if up is None:
         return PoolSignals(frozen, current, "NoSignals")
-    sizing = [s for s in usable if s.name != "backlog"]
+    sizing = [s for s in usable if s.name not in UP_ONLY]
     if not sizing:
         return PoolSignals(frozen, current, "NoSignals")
-    if up.ratio >= 1 - tol:
+    held = [s for s in usable if s.name != "demand"]  # the backlog holds (as before)
+    if max(s.ratio for s in held) >= 1 - tol:
         return PoolSignals(frozen, current, "WithinTolerance")
     need = max(_ceil(s.pods * s.ratio) for s in sizing)
     return PoolSignals(frozen, min(current, need), "Idle")

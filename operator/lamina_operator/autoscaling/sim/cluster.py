@@ -77,6 +77,8 @@ class Pod:
     samples: list = field(default_factory=list)  # (latency, weight) since the last scrape
     tokens: float = 0.0  # tokens computed since the last scrape
     busy: float = 0.0  # seconds spent computing since the last scrape
+    finished: int = 0  # requests finished since the last scrape (decode)
+    finished_tokens: int = 0  # their output tokens
 
     def ready(self, now: float) -> bool:
         return now >= self.ready_at
@@ -244,6 +246,8 @@ class Cluster:
             if job.remaining_output <= 1e-9:
                 job.finished = start + (made * step)
                 pod.kv_reserved -= job.req.prompt + job.req.output
+                pod.finished += 1
+                pod.finished_tokens += job.req.output
                 self.done.append(job)
             else:
                 still.append(job)
@@ -258,6 +262,7 @@ class Cluster:
                 samples.append(self._sample(name, pod, now, window))
             for pod in pool.pods:  # a scrape resets what each pod accumulated
                 pod.samples, pod.tokens, pod.busy = [], 0.0, 0.0
+                pod.finished = pod.finished_tokens = 0
             live = pool.live()
             ready = len(pool.serving(now))
             pools[name] = PoolObservation(
@@ -294,4 +299,6 @@ class Cluster:
             running=float(len(pod.running)),
             kv_utilization=pod.kv_reserved / self.profile.decode_kv_tokens,
             decode_tokens_per_second=pod.tokens / window,
+            finished_per_second=pod.finished / window,
+            finished_output_tokens_per_second=pod.finished_tokens / window,
         )
