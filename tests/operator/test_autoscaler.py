@@ -297,3 +297,37 @@ def test_status_written_is_valid_against_the_crd_schema(world, pods, recorder):
     assert status["autoscaling"]["decisions"] and status["autoscaling"]["manualSince"]
     schema = _schema("lamina.dev_servingdeployments.yaml")["properties"]["status"]
     _validate(schema, status)
+
+
+def test_learned_scale_down_window_survives_an_operator_restart(world, pods, recorder):
+    # Decode needed 3 pods, was scaled down to 1 in a lull, and needed more again 300 s later:
+    # the scale-down window grows from the policy's 30 s to 1.25 x the lull. An operator
+    # restarted then (a new Autoscaler, its history rebuilt from status) keeps the window.
+    world.patch(API_VERSION, POLICY_KIND, NS, "latency-slo",
+                {"spec": {"scaleDown": {"stabilizationWindowSeconds": 30}}})  # fmt: skip
+    clock = Clock()
+    auto = Autoscaler(world, recorder, clock)
+
+    def decode_at(kv, seconds):
+        """kv on every decode pod (no TBT samples: the KV signal alone) for `seconds`."""
+        for pod in pods["decode"]:
+            pod.load(running=10, kv=kv)
+        decision = None
+        for _ in range(seconds // 15):
+            decision = auto.evaluate(NS, "qwen")
+            clock.now += 15
+        return decision
+
+    decode_at(0.8, 30)  # 3 pods at their KV target
+    assert decode_at(0.1, 300).pools["decode"].desired == 1  # the lull: down one by one
+    back = decode_at(1.6, 15)  # twice the target on 1 pod: 2 pods
+    assert back.pools["decode"].desired == 2
+    learned = back.scale_down_seconds["decode"]
+    assert learned > 300, back.message()
+    assert autoscaling_status(world)["scaleDownWindowSeconds"] == {"decode": int(learned)}
+
+    auto = Autoscaler(world, recorder, clock)  # the operator restarts
+    held = decode_at(0.1, 60)  # quiet again: past the policy's 30 s, within the learned window
+    assert held.pools["decode"].desired == 2 and held.reason == "Stabilizing", held.message()
+    assert held.scale_down_seconds["decode"] == int(learned)
+    assert "scaleDown window: 1->2" in held.message()

@@ -511,3 +511,14 @@ def test_decode_capacity_is_learned_at_the_tbt_target(name, tbt, rate, previous,
     o = _forecast_obs(15, decoding=rate * 4, tbt=tbt)
     d = decide(policy(), o, _forecast_history(previous))
     assert d.decode_capacity == want, name
+
+
+def test_learned_window_kept_through_evaluations_that_compute_none():
+    # Metrics unavailable, or a pool held for a manual change: the window learned before stays
+    # in the decision (status records it; a restarted operator reads it back).
+    last = HistoryEntry(0, {"prefill": 2, "decode": 4}, {"prefill": 2, "decode": 4},
+                        scale_down_seconds={"prefill": 300.0, "decode": 1069.0})  # fmt: skip
+    broken = decide(policy(), obs(15, prefill(2), decode(4), metrics_error="x"), [last])
+    assert broken.scale_down_seconds == {"prefill": 300.0, "decode": 1069.0}
+    manual = decide(policy(), obs(15, prefill(2), decode(6)), [last])  # someone set decode to 6
+    assert manual.pools["decode"].held and manual.scale_down_seconds["decode"] == 1069.0

@@ -103,6 +103,15 @@ class AutoscalingStatus(KubeModel):
     prefill_queued_tokens: int | None = Field(
         default=None, ge=0, description="Waiting prompt tokens at the last evaluation."
     )
+    decode_capacity_tokens_per_second: int | None = Field(
+        default=None, ge=0, description="Learned output tokens/s of one decode pod at the TBT "
+        "target (the decode demand forecast's per-pod rate).",
+    )  # fmt: skip
+    scale_down_window_seconds: dict[str, int] = Field(
+        default_factory=dict,
+        description="Pool -> scale-down stabilization window learned past the policy's (demand "
+        "came back after a scale-down); a restarted operator carries on with it.",
+    )
     drains: list[PodDrain] = Field(
         default_factory=list,
         description="Pods being drained before their pool shrinks (at most one per pool).",

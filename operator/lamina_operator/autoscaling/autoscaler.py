@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .. import metrics
@@ -130,9 +131,7 @@ class Autoscaler:
             written = self._apply(body, decision, obs, targets, deployments, now)
         entry = decision.history_entry(applied and obs.metrics_error is None, written)
         if obs.metrics_error:  # nothing was decided: keep the previous expectations
-            entry = HistoryEntry(entry.time, entry.recommended, history[-1].applied
-                                 if history else None, entry.manual_since,
-                                 entry.prefill_capacity, entry.prefill_queued)  # fmt: skip
+            entry = replace(entry, applied=history[-1].applied if history else None)
         self.histories[key] = [h for h in history if h.time > now - HISTORY_SECONDS] + [entry]
         self._report(body, policy, policy_name, previous, decision, applied, written)
         return decision
@@ -233,8 +232,9 @@ class Autoscaler:
         drains = self.scale_in.status_patch((ns, name))
         if record.worth_recording(decision, recorded):
             status = record.status(
-                decision, policy_name, policy.history_limit, previous, applied, written
-            )
+                decision, policy_name, policy.history_limit, previous, applied, written,
+                base_window=policy.scale_down.stabilization_window_seconds,
+            )  # fmt: skip
             if drains is not None:
                 status["drains"] = drains
             patch: dict[str, Any] = {"autoscaling": status}

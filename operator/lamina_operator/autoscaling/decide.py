@@ -82,6 +82,18 @@ def _learned_window(
     )
 
 
+def _known_windows(history: Sequence[HistoryEntry]) -> dict[str, float]:
+    """Each pool's latest scale-down window in the history (kept across evaluations that
+    compute none: metrics unavailable, a pool held for a manual change)."""
+    out: dict[str, float] = {}
+    for entry in reversed(history):
+        for pool, seconds in entry.scale_down_seconds.items():
+            out.setdefault(pool, seconds)
+        if len(out) == len(POOLS):
+            break
+    return out
+
+
 def _stabilize(
     pool: str,
     current: int,
@@ -150,7 +162,7 @@ def decide(
             obs.now, policy.mode, "MetricsUnavailable", pools, gpus_before, gpus_before,
             policy.gpu_budget, manual_since=dict(last.manual_since) if last else {},
             prefill_capacity=capacity, notes=(f"metrics: {obs.metrics_error}",),
-            decode_capacity=decode_rate,
+            decode_capacity=decode_rate, scale_down_seconds=_known_windows(history),
         )  # fmt: skip
     changed, manual_since = _manual(policy, obs, last)
     fixed = set(manual_since)
@@ -244,7 +256,7 @@ def decide(
         prefill_queued=prefill_queued(obs),
         decode_capacity=decode_rate,
         notes=notes,
-        scale_down_seconds=down_seconds,
+        scale_down_seconds={**_known_windows(history), **down_seconds},
     )
 
 

@@ -3,9 +3,10 @@
 status.autoscaling keeps the last historyLimit recorded decisions (each: time, per pool
 before/after/recommended, reason, the message with every input and clamp), two conditions and
 what `decide` must remember across operator restarts (manual-change holds, the learned prefill
-capacity). A decision is recorded when it changes replicas (or would, in advisory mode), when
-someone else changed a pool, or when its reason differs from the last record: the steady
-"WithinTolerance" of every interval is not written again and again.
+and decode capacities, the scale-down windows learned past the policy's). A decision is
+recorded when it changes replicas (or would, in advisory mode), when someone else changed a
+pool, or when its reason differs from the last record: the steady "WithinTolerance" of every
+interval is not written again and again.
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ def status(
     previous: dict[str, Any],
     applied: bool,
     written: dict[str, int] | None = None,
+    base_window: float | None = None,
 ) -> dict[str, Any]:
+    """`base_window`: the policy's scale-down window; only windows learned past it are kept
+    (the rest is the policy's, read again at every evaluation)."""
     records = list(previous.get("decisions") or []) + [decision_record(decision, applied, written)]
     now = format_time(decision.time)
     out: dict[str, Any] = {
@@ -112,8 +116,20 @@ def status(
             for pool in set(decision.manual_since) | set(previous.get("manualSince") or {})
         },
     }
+    learned = {
+        pool: int(seconds)
+        for pool, seconds in decision.scale_down_seconds.items()
+        if base_window is None or seconds > base_window
+    }
+    # a merge patch: a pool whose window is the policy's again is removed with null
+    out["scaleDownWindowSeconds"] = {
+        pool: learned.get(pool)
+        for pool in set(learned) | set(previous.get("scaleDownWindowSeconds") or {})
+    }
     if decision.prefill_capacity is not None:
         out["prefillCapacityTokensPerSecond"] = int(decision.prefill_capacity)
+    if decision.decode_capacity is not None:
+        out["decodeCapacityTokensPerSecond"] = int(decision.decode_capacity)
     if decision.prefill_queued is not None:
         out["prefillQueuedTokens"] = int(decision.prefill_queued)
     return out
@@ -122,7 +138,8 @@ def status(
 def history(previous: dict[str, Any]) -> list[HistoryEntry]:
     """Rebuild decide's history from status (after an operator restart): the recorded
     decisions only, so windows are shorter than they were; decide then assumes the replicas it
-    finds were recommended throughout, which only delays a scale-down."""
+    finds were recommended throughout, which only delays a scale-down. The memory (holds,
+    capacities, learned scale-down windows) goes on the last entry, where decide reads it."""
     out = []
     for record in previous.get("decisions") or []:
         t = parse_time(record.get("time"))
@@ -142,10 +159,18 @@ def history(previous: dict[str, Any]) -> list[HistoryEntry]:
         }  # fmt: skip
         capacity = previous.get("prefillCapacityTokensPerSecond")
         queued = previous.get("prefillQueuedTokens")
+        decode_capacity = previous.get("decodeCapacityTokensPerSecond")
+        windows = {
+            pool: float(seconds)
+            for pool, seconds in (previous.get("scaleDownWindowSeconds") or {}).items()
+            if pool in POOLS and seconds is not None
+        }
         last = out[-1]
         out[-1] = HistoryEntry(
             last.time, last.recommended, last.applied, since,
             float(capacity) if capacity is not None else None,
             float(queued) if queued is not None else None,
+            scale_down_seconds=windows,
+            decode_capacity=float(decode_capacity) if decode_capacity is not None else None,
         )  # fmt: skip
     return out
