@@ -3,7 +3,12 @@
 from lamina_engine import LLM, SamplingParams
 """
 
-from lamina_engine.sampling_params import SamplingParams
+from lamina_engine.cpu_reproducibility import request_mkl_cnr
+
+# Before any matmul: MKL reads MKL_CBWR once, when it first runs (cpu_reproducibility.py).
+request_mkl_cnr()
+
+from lamina_engine.sampling_params import SamplingParams  # noqa: E402
 
 __all__ = ["LLM", "SamplingParams"]
 

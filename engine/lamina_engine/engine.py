@@ -19,6 +19,7 @@ from lamina_engine.config import EngineConfig
 from lamina_engine.core.output import SchedulerOutput
 from lamina_engine.core.scheduler import RequestRejectedError, Scheduler
 from lamina_engine.core.scheduler_config import SchedulerConfig
+from lamina_engine.cpu_reproducibility import cnr_warning
 from lamina_engine.detokenizer import IncrementalDetokenizer
 from lamina_engine.engine_stats import EngineStats, StepTotals
 from lamina_engine.kernels.dispatch import set_kernels
@@ -64,6 +65,8 @@ class Engine:
             progress=progress,
         )
         self.kernels = set_kernels(self.model, config.kernels)  # "triton" or "torch"
+        if torch.device(device).type == "cpu" and (why := cnr_warning()):
+            log.warning(why)  # MKL ran before lamina_engine was imported: no CNR mode
         set_batch_invariant(self.model, config.batch_invariant)
         self.tokenizer = Tokenizer.maybe_from_pretrained(config.model)
         mc = self.model.config

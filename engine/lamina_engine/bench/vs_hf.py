@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from lamina_engine.bench.random_models import RANDOM_CONFIGS
+from lamina_engine.cpu_reproducibility import mkl_cnr_branch
 
 BENCH_CONFIG = RANDOM_CONFIGS["vs-hf"]
 
@@ -226,9 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         "lamina_preemptions": stats.preemptions,
         "lamina_expert_bytes_loaded": stats.expert_bytes_loaded,
         # Requests whose greedy tokens differed from the first repeat, per side. Lamina's must
-        # be empty (its CPU kernels are batch-invariant and deterministic); HF's is reported.
+        # be empty (same batches each repeat; MKL in CNR mode, oneDNN deterministic); HF's is
+        # reported.
         "repeat_drift": {side: sorted(ids) for side, ids in drift.items()},
         "cpu": cpu_model(),
+        # MKL's CNR branch for this process (both sides): "OFF" means alignment-dependent
+        # MKL results, i.e. no run-to-run guarantee (lamina_engine/cpu_reproducibility.py)
+        "mkl_cbwr": mkl_cnr_branch(),
         "load_average": list(os.getloadavg()),
         **agreement,
     }
@@ -237,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
+    if drift["hf"]:
+        print(f"HF's greedy tokens changed between repeats for requests {sorted(drift['hf'])} "
+              "(HF's side drifted; reported, not failed)", file=sys.stderr)  # fmt: skip
     if drift["lamina"]:
         print(f"Lamina's greedy tokens changed between repeats for requests "
               f"{sorted(drift['lamina'])}: not deterministic", file=sys.stderr)  # fmt: skip
