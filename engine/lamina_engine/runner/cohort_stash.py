@@ -32,8 +32,9 @@ class CohortStash:
             self._rows[c.seq.seq_id] = (row, row + c.num_tokens)
             row += c.num_tokens
 
-    def take(self, cohort_id: int, chunks: list[ScheduledChunk]) -> tuple[Tensor, Tensor]:
-        """Rows of `chunks` (a subset of the stored members, in that order)."""
+    def rows(self, cohort_id: int, chunks: list[ScheduledChunk]) -> list[int] | None:
+        """The stored rows of `chunks` (a subset of the stored members, in that order), or
+        None when every member is still there (`take` then copies nothing)."""
         if cohort_id != self.cohort_id or self._hidden is None or self._residual is None:
             raise RuntimeError(
                 f"cohort {cohort_id} has no hidden states stashed (holding {self.cohort_id}); "
@@ -43,10 +44,22 @@ class CohortStash:
             spans = [self._rows[c.seq.seq_id] for c in chunks]
         except KeyError as exc:
             raise RuntimeError(f"sequence {exc} is not a member of cohort {cohort_id}") from None
-        if len(spans) == len(self._rows):  # nobody dropped out: no copy
+        if len(spans) == len(self._rows):
+            return None
+        return [row for a, b in spans for row in range(a, b)]
+
+    def take(
+        self, cohort_id: int, chunks: list[ScheduledChunk], index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Rows of `chunks` (a subset of the stored members, in that order). `index`: those
+        rows already on the device (`rows`, uploaded before the step's first layer, so taking
+        reads nothing from the host)."""
+        rows = self.rows(cohort_id, chunks)
+        if rows is None:  # nobody dropped out: no copy
             return self._hidden, self._residual
-        rows = torch.cat([torch.arange(a, b) for a, b in spans]).to(self._hidden.device)
-        return self._hidden.index_select(0, rows), self._residual.index_select(0, rows)
+        if index is None:
+            index = torch.tensor(rows, dtype=torch.long, device=self._hidden.device)
+        return self._hidden.index_select(0, index), self._residual.index_select(0, index)
 
     def clear(self) -> None:
         self.cohort_id, self._rows, self._hidden, self._residual = None, {}, None, None

@@ -1,7 +1,8 @@
 """TokenBatch: scheduled chunks flattened sequence after sequence, the inputs of one forward.
 
 Built once per step from the chunks (python ints); the tensors and the attention metadata are
-made from it once each and passed on.
+made from it once each, before the step's first layer (on CUDA: pinned memory, one non-blocking
+copy per tensor; models.attention.upload), and passed on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from lamina_engine.core.output import ScheduledChunk
 from lamina_engine.models import AttentionMetadata
+from lamina_engine.models.attention import upload_ints
 
 
 @dataclass
@@ -56,7 +58,7 @@ class TokenBatch:
         return AttentionMetadata.build(self.starts, self.qlens, self.tables, block_size, device)
 
     def input_ids(self, device: torch.device) -> Tensor:  # [T] int64
-        return torch.tensor(self.ids, dtype=torch.long, device=device)
+        return upload_ints(self.ids, device)
 
     def position_ids(self, device: torch.device) -> Tensor:  # [T] int64
-        return torch.tensor(self.positions, dtype=torch.long, device=device)
+        return upload_ints(self.positions, device)
