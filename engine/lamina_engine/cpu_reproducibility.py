@@ -2,8 +2,8 @@
 
 torch's CPU build runs fp32 `torch.mm`, `F.linear` and `torch.bmm` on MKL. Without CNR, MKL picks
 its code path by the operands' memory alignment (measured with torch 2.13 / MKL 2024.2 on an AMD
-EPYC with AVX-512: the same values at a 4- instead of 8-byte aligned address give a different
-result bitwise, for 1 to 8 rows; docs/benchmarks.md, "Determinism: run to run"), and Intel
+EPYC with AVX2, no AVX-512: the same values at a 4- instead of 8-byte aligned address give a
+different result bitwise, for 1 to 8 rows; docs/benchmarks.md, "Determinism run to run"), and Intel
 documents bitwise run-to-run results only in CNR mode ("deterministic reductions, static
 scheduling"; unaligned data fully supported), for a fixed number of threads. A buffer's
 alignment is up to the allocator and the checkpoint file's layout, so a row could round

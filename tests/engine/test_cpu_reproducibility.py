@@ -1,8 +1,8 @@
 """Run-to-run reproducible CPU results: the same values give bitwise the same outputs wherever
 the buffers sit in memory (MKL's CNR mode, which `import lamina_engine` turns on; see
 lamina_engine/cpu_reproducibility.py). Without it, MKL's fp32 kernels round differently for
-operands 4 instead of 8 or 16 bytes aligned (measured on an AMD EPYC with AVX-512; these tests
-fail there with MKL_CBWR unset)."""
+operands 4 instead of 8 or 16 bytes aligned (measured on an AMD EPYC with AVX2, no AVX-512;
+these tests fail there when MKL ran before lamina_engine was imported)."""
 
 from __future__ import annotations
 
