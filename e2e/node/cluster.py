@@ -2,6 +2,7 @@
 
     python e2e/node/cluster.py up      # build/reuse binaries and images, start, print exports
     python e2e/node/cluster.py down    # stop every daemon by pid, put the machine back
+    python e2e/node/cluster.py status  # exit 0 when a cluster is up and every daemon runs
 
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy (1.20, built by
 build_node.sh), containerd + runc with their own root/state/socket, bridge CNI on the bridge
@@ -71,6 +72,26 @@ def sh(*argv: str, check: bool = True, timeout: float | None = None) -> str:
 def current_run() -> Path | None:
     f = STATE / "current"
     return Path(f.read_text().strip()) if f.exists() else None
+
+
+def dead_daemons(root: Path) -> list[str]:
+    """The daemons of run `root` that are not running (all of them after a reboot, or when the
+    session that started the run was killed and /run/lamina-node/current outlived it)."""
+    return [name for name in DAEMONS if not procs.alive(root, name)]
+
+
+def clear_stale_run() -> None:
+    """A run named in /run/lamina-node/current whose daemons are gone is cleaned up (mounts,
+    iptables, bridge, sysctls put back as `down` does) so a new run can start; a live one stays."""
+    run = current_run()
+    if run is None:
+        return
+    dead = dead_daemons(run)
+    if not dead:
+        return
+    log(f"the run {run} named in {STATE / 'current'} is not running ({', '.join(dead)} "
+        "gone): cleaning it up first")  # fmt: skip
+    down()
 
 
 def kubectl(lay: Layout, *args: str, check: bool = True, timeout: float = 120) -> str:
@@ -220,6 +241,8 @@ def _token_of(root: Path, stem: str) -> str:
 
 
 def up() -> Path:
+    if os.geteuid() == 0:
+        clear_stale_run()
     run = current_run()
     if run is not None:
         raise ClusterError(
@@ -333,6 +356,17 @@ def main(argv: list[str]) -> int:
             print(f"# context {CONTEXT}; `make cluster-down` stops it", file=sys.stderr)
         elif cmd == "down":
             down()
+        elif cmd == "status":
+            run = current_run()
+            if run is None:
+                print("no node cluster is up", file=sys.stderr)
+                return 1
+            dead = dead_daemons(run)
+            if dead:
+                print(f"the run {run} is not running ({', '.join(dead)} gone); "
+                      "`make cluster-down` cleans it up", file=sys.stderr)  # fmt: skip
+                return 1
+            print(run)
         else:
             print(__doc__, file=sys.stderr)
             return 2

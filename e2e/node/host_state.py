@@ -31,7 +31,12 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _run(*argv: str) -> str:
-    return subprocess.run(argv, capture_output=True, text=True).stdout
+    """A tool's output; empty when the tool is not installed (a fresh machine has no iptables
+    until build_node.sh installs it, and then no rules either)."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        return ""
 
 
 def sysctls() -> dict[str, str]:

@@ -11,6 +11,11 @@ python="${PYTHON:-$repo/.venv/bin/python}"
 [ -x "$python" ] || { echo "e2e/node/run.sh: $python not found; run \`make install\` first" >&2; exit 1; }
 cd "$repo"
 
+# A run named in /run/lamina-node/current whose daemons are gone (the shell that started it was
+# killed) is cleaned up first; only a live cluster is reused.
+if [ -s /run/lamina-node/current ] && ! "$python" "$here/cluster.py" status >/dev/null 2>&1; then
+    "$python" "$here/cluster.py" down
+fi
 # Started here: stopped here, and the machine compared with how it was before (sysctls,
 # iptables, mounts, cgroups, interfaces): a difference fails the run.
 if [ ! -s /run/lamina-node/current ]; then
