@@ -6,8 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-# helm and the kube-apiserver build are cached per user, so a fresh clone reuses them.
-export LAMINA_E2E_CACHE ?= $(HOME)/.cache/lamina/e2e
+# helm and the kube-apiserver build are cached per user, so a fresh clone reuses them. Only the
+# targets that build or use them see the variable (`lamina serve` warns on LAMINA_* it does not know).
+E2E_CACHE_TARGETS := test test-fast e2e e2e-api e2e-node cluster-up cluster-down
+$(E2E_CACHE_TARGETS): export LAMINA_E2E_CACHE ?= $(HOME)/.cache/lamina/e2e
 
 .PHONY: install test test-fast lint e2e e2e-api e2e-node up crds clean cluster-up cluster-down
 
