@@ -13,6 +13,13 @@ import httpx
 import pytest
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """Runs in the child before exec. Ctrl-C reaches `lamina up` in a terminal, but a test run
+    started in the background by a shell without job control passes SIGINT on as ignored, and
+    Python then never raises KeyboardInterrupt: give the child SIGINT's default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_lamina_up_serves_and_stops(tiny_model, redis_server):
     with socket.socket() as s:
@@ -23,6 +30,7 @@ def test_lamina_up_serves_and_stops(tiny_model, redis_server):
          "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )  # fmt: skip
     try:
         lines = []

@@ -19,6 +19,13 @@ import httpx
 import pytest
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """Runs in the child before exec. Ctrl-C reaches `lamina up` in a terminal, but a test run
+    started in the background by a shell without job control passes SIGINT on as ignored, and
+    Python then never raises KeyboardInterrupt: give the child SIGINT's default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -34,6 +41,7 @@ class Up:
             [sys.executable, "-m", "lamina_engine.cli", "up", "--model", str(model),
              "--port", str(port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            preexec_fn=_sigint_as_in_a_terminal,
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
 
