@@ -80,18 +80,21 @@ def dead_daemons(root: Path) -> list[str]:
     return [name for name in DAEMONS if not procs.alive(root, name)]
 
 
-def clear_stale_run() -> None:
-    """A run named in /run/lamina-node/current whose daemons are gone is cleaned up (mounts,
-    iptables, bridge, sysctls put back as `down` does) so a new run can start; a live one stays."""
+def stale_run() -> str | None:
+    """Why the run named in /run/lamina-node/current is stale (its daemons gone), or None when no
+    run is named or every daemon of it runs."""
     run = current_run()
-    if run is None:
-        return
-    dead = dead_daemons(run)
-    if not dead:
-        return
-    log(f"the run {run} named in {STATE / 'current'} is not running ({', '.join(dead)} "
-        "gone): cleaning it up first")  # fmt: skip
-    down()
+    dead = dead_daemons(run) if run is not None else []
+    return f"the run {run} is not running ({', '.join(dead)} gone)" if dead else None
+
+
+def clear_stale_run() -> None:
+    """A stale run is cleaned up (mounts, iptables, bridge, sysctls put back as `down` does) so a
+    new run can start; a live one stays."""
+    why = stale_run()
+    if why:
+        log(f"{why}: cleaning it up first")
+        down()
 
 
 def kubectl(lay: Layout, *args: str, check: bool = True, timeout: float = 120) -> str:
@@ -241,15 +244,14 @@ def _token_of(root: Path, stem: str) -> str:
 
 
 def up() -> Path:
-    if os.geteuid() == 0:
-        clear_stale_run()
+    if os.geteuid() != 0:
+        raise ClusterError("cluster-up needs root (kubelet, containerd, iptables, mounts)")
+    clear_stale_run()
     run = current_run()
     if run is not None:
         raise ClusterError(
             f"a node cluster is already up (run folder {run}); `make cluster-down` stops it"
         )
-    if os.geteuid() != 0:
-        raise ClusterError("cluster-up needs root (kubelet, containerd, iptables, mounts)")
     t0 = time.monotonic()
     # LAMINA_NODE_SKIP_BUILD=1: use the cached binaries and image tarballs as they are (iterating
     # on the harness while HEAD moves would otherwise rebuild the images).
@@ -357,14 +359,10 @@ def main(argv: list[str]) -> int:
         elif cmd == "down":
             down()
         elif cmd == "status":
-            run = current_run()
-            if run is None:
-                print("no node cluster is up", file=sys.stderr)
-                return 1
-            dead = dead_daemons(run)
-            if dead:
-                print(f"the run {run} is not running ({', '.join(dead)} gone); "
-                      "`make cluster-down` cleans it up", file=sys.stderr)  # fmt: skip
+            run, why = current_run(), stale_run()
+            if run is None or why:
+                print(f"{why}; `make cluster-down` cleans it up" if why else
+                      "no node cluster is up", file=sys.stderr)  # fmt: skip
                 return 1
             print(run)
         else:

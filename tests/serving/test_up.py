@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -11,13 +12,6 @@ import time
 
 import httpx
 import pytest
-
-
-def _sigint_as_in_a_terminal() -> None:
-    """Runs in the child before exec. Ctrl-C reaches `lamina up` in a terminal, but a test run
-    started in the background by a shell without job control passes SIGINT on as ignored, and
-    Python then never raises KeyboardInterrupt: give the child SIGINT's default back."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.slow
@@ -30,7 +24,9 @@ def test_lamina_up_serves_and_stops(tiny_model, redis_server):
          "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        preexec_fn=_sigint_as_in_a_terminal,
+        # SIGINT's default back, as in a terminal (a shell without job control that starts the
+        # tests in the background passes it on as ignored, and SIGINT would not stop lamina up).
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         lines = []

@@ -5,6 +5,7 @@ every process; a port in use is a clear error, never "Lamina is up"."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -17,13 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-
-
-def _sigint_as_in_a_terminal() -> None:
-    """Runs in the child before exec. Ctrl-C reaches `lamina up` in a terminal, but a test run
-    started in the background by a shell without job control passes SIGINT on as ignored, and
-    Python then never raises KeyboardInterrupt: give the child SIGINT's default back."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _free_port() -> int:
@@ -41,7 +35,9 @@ class Up:
             [sys.executable, "-m", "lamina_engine.cli", "up", "--model", str(model),
              "--port", str(port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-            preexec_fn=_sigint_as_in_a_terminal,
+            # SIGINT's default back, as in a terminal (a shell without job control that starts the
+            # tests in the background passes it on as ignored, and SIGINT would not stop lamina up).
+            preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
 
