@@ -26,10 +26,14 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps nixl-cu12==1.5.1
 	touch $(STAMP)
 
+# Lamina's CPU kernels are compiled once per machine (1-2 min, cached in ~/.cache/lamina/cpu_ops)
+# before the suite, not inside whichever engine a test happens to start first.
 test: $(STAMP)
+	$(PY) -m lamina_engine.kernels.cpu_ops
 	$(VENV)/bin/pytest -q tests
 
 test-fast: $(STAMP)
+	$(PY) -m lamina_engine.kernels.cpu_ops
 	$(VENV)/bin/pytest -q -m "not slow" tests
 
 lint: $(STAMP)
@@ -44,6 +48,7 @@ e2e-api: $(STAMP)
 	bash e2e/run.sh
 
 up: $(STAMP)
+	$(PY) -m lamina_engine.kernels.cpu_ops
 	$(VENV)/bin/lamina up
 
 # A real single-node Kubernetes (root; e2e/node/README.md): binaries, base rootfs and images are

@@ -77,7 +77,8 @@ class EngineConfig(BaseModel):
     kernels: Kernels = Field(
         "auto",
         description="Layer kernels: triton (fused MoE, paged attention, KV store, "
-        "RMSNorm) or torch; auto = triton on CUDA, torch on CPU.",
+        "RMSNorm) or torch (on the CPU: with Lamina's AVX-512/AVX2 kernels for decode-sized "
+        "matmuls and decode attention where they build); auto = triton on CUDA, torch on CPU.",
     )
     batch_invariant: bool = Field(
         False,

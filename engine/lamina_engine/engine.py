@@ -22,6 +22,7 @@ from lamina_engine.core.scheduler_config import SchedulerConfig
 from lamina_engine.cpu_reproducibility import cnr_warning
 from lamina_engine.detokenizer import IncrementalDetokenizer
 from lamina_engine.engine_stats import EngineStats, StepTotals
+from lamina_engine.kernels.cpu_ops import native_ops
 from lamina_engine.kernels.dispatch import set_kernels
 from lamina_engine.kv_export import KVExport, PromptKV
 from lamina_engine.kv_import import KVImport
@@ -68,6 +69,8 @@ class Engine:
         if torch.device(device).type == "cpu" and (why := cnr_warning()):
             log.warning(why)  # MKL ran before lamina_engine was imported: no CNR mode
         set_batch_invariant(self.model, config.batch_invariant)
+        if torch.device(device).type == "cpu":
+            native_ops()  # build the CPU kernels now (once per machine), not in a first step
         self.tokenizer = Tokenizer.maybe_from_pretrained(config.model)
         mc = self.model.config
         self.max_model_len = min(

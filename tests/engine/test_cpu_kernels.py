@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lamina_engine.models import AttentionMetadata
+from lamina_engine.kernels import cpu_ops
+from lamina_engine.models import AttentionMetadata, attention
 from lamina_engine.models.attention import paged_attention, write_kv_cache
 from lamina_engine.models.layers import Linear, linear
 
@@ -61,10 +62,20 @@ def dense_attention(q, k, v, q_pos):
     return out.transpose(0, 1)  # [n, H, hd]
 
 
+@pytest.mark.parametrize("decodes_by", ["cpu-kernel", "torch"])
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 4, 16), (8, 4, 24), (8, 2, 32)])
-def test_paged_attention_decodes_and_chunks_match_dense(heads, kv_heads, head_dim):
+def test_paged_attention_decodes_and_chunks_match_dense(
+    heads, kv_heads, head_dim, decodes_by, monkeypatch
+):
     """Decodes of very different context lengths (unpadded gather) beside prefill chunks, over
-    shuffled blocks, against dense attention on each sequence's own keys."""
+    shuffled blocks, against dense attention on each sequence's own keys; the decodes through
+    the CPU kernel (kernels/cpu_ops.py) and through the torch gather + bmm path."""
+    if decodes_by == "torch":
+        monkeypatch.setattr(attention, "_native_decode", lambda q, kv_cache: None)
+    elif cpu_ops.cpu_isa() is None:
+        pytest.skip("this CPU has neither AVX-512F nor AVX2+FMA: decodes run the torch path")
+    else:
+        assert cpu_ops.native_ops() is not None, "the CPU kernels did not build (see the log)"
     rng = random.Random(heads * head_dim)
     bs, num_blocks = 8, 96
     cache = torch.zeros(2, num_blocks, bs, kv_heads, head_dim)

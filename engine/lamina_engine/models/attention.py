@@ -8,11 +8,13 @@ KV cache of one layer: [2, NB, BS, KV, hd]; slot s = block * BS + offset.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from lamina_engine.kernels.cpu_ops import can_run, native_ops
 
 
 def upload(host: Tensor, device: torch.device | str) -> Tensor:
@@ -125,6 +127,8 @@ class AttentionPlan:
     decode_blocks: Tensor  # [sum of decodes' blocks] cache block ids, sequence after sequence
     prefills: list[_Prefill]
     max_gather_blocks: int = 0  # blocks one gather reads at most (workspace size)
+    decode_block_starts: list[int] = field(default_factory=list)  # the CPU kernel's (ints)
+    decode_contexts: list[int] = field(default_factory=list)
     # The Triton path's inputs (kernels/paged_attention.py), made here once per step:
     decode_tables: Tensor | None = None  # [Bd, max_blocks] the decodes' block tables
     decode_context_lens: Tensor | None = None  # [Bd]
@@ -187,6 +191,8 @@ class AttentionPlan:
             all_decode_blocks,
             prefills,
             max([len(decode_block_ids)] + [p.blocks.numel() for p in prefills]),
+            [d.block_start for d in decodes],
+            [d.context for d in decodes],
             tables.index_select(0, ints(decode_seqs)),
             ints([d.context for d in decodes]),
             max((d.context for d in decodes), default=0),
@@ -222,6 +228,13 @@ def _gather_blocks(cache: Tensor, blocks: Tensor, out: Tensor, dtype: torch.dtyp
     return gathered.view(*blocks.shape[:-1], blocks.shape[-1] * bs, kv_heads, hd).transpose(-3, -2)
 
 
+def _native_decode(q: Tensor, kv_cache: Tensor):
+    """The CPU kernels (kernels/cpu_ops.py) when they take these operands, else None."""
+    if q.dtype != torch.float32 or not can_run(kv_cache):
+        return None
+    return native_ops()
+
+
 def paged_attention(
     q: Tensor,
     kv_cache: Tensor,
@@ -249,7 +262,14 @@ def paged_attention(
     out = torch.empty_like(q)
     ws = plan.workspace(kv_cache)
 
-    if plan.decodes:
+    if plan.decodes and (ops := _native_decode(q, kv_cache)) is not None:
+        rows = plan.decode_tokens  # every decode in one call, K/V read in place
+        starts, contexts = plan.decode_block_starts, plan.decode_contexts
+        attended = ops.decode_attention(
+            q.index_select(0, rows), kv_cache, plan.decode_blocks, starts, contexts, scale
+        )
+        out.index_copy_(0, rows, attended)
+    elif plan.decodes:
         rows = plan.decode_tokens
         queries = q.index_select(0, rows).float().mul_(scale).view(-1, kv_heads, group, hd)
         outs = []

@@ -11,13 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lamina_engine.kernels.cpu_ops import MAX_ROWS, can_run, native_ops
 from lamina_engine.models.config import ModelConfig, RopeConfig
 
 # CPU matmul kernel choice, measured on torch 2.13's CPU build (docs/benchmarks.md, "CPU matmul
-# kernels" and "Determinism"). A weight w [N, K] times x [M, K] rows is bound by streaming w for
-# small M. Default (fastest per M):
-# - 2 <= M <= 4 (a decode step's rows per expert): torch.mm(w, x^T), x^T a transposed view of
-#   row-major x (mm with a row-major [K, M] operand is 4x slower);
+# kernels", "Determinism" and "CPU MoE kernel"). A weight w [N, K] times x [M, K] rows is bound
+# by streaming w for small M. Default (fastest per M):
+# - M <= cpu_ops.MAX_ROWS (a decode step: its batch, or an expert's few rows), fp32: Lamina's
+#   AVX-512/AVX2 kernel (kernels/cpu_ops.py), 1.3-2.5x oneDNN / MKL for M = 2-8 and never slower
+#   up to 16; where it is unavailable, the two kernels below;
+# - 2 <= M <= 4: torch.mm(w, x^T), x^T a transposed view of row-major x (mm with a row-major
+#   [K, M] operand is 4x slower);
 # - otherwise oneDNN's fp32 linear (torch.ops.mkldnn._linear_pointwise, the op Inductor's CPU
 #   backend emits), 1.2-2.3x faster than F.linear from M = 6 on; for M = 1 a gemv.
 # All IEEE fp32, differing only in summation order -- but that order depends on M, so a row's
@@ -59,6 +63,10 @@ def linear(
         if x.shape[0] == 1:  # [1, K] -> [2, K]: the M >= 2 kernel, then keep the first row
             return _ONEDNN_LINEAR(x.expand(2, -1).contiguous(), weight, bias, "none", [], "")[:1]
         return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
+    few = not invariant and x.shape[0] <= MAX_ROWS and x.dtype == torch.float32
+    if few and can_run(weight) and (ops := native_ops()) is not None:
+        out = ops.grouped_gemv(x.contiguous(), weight[None], [0, x.shape[0]])
+        return out if bias is None else out.add_(bias)
     if x.shape[0] in _CPU_FEW_ROWS:
         out = torch.mm(weight, x.t()).t().contiguous()  # [N, M] -> [M, N]
         return out if bias is None else out.add_(bias)

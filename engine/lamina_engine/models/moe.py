@@ -12,12 +12,14 @@ Weights: w13 [E, 2I, D] (gate rows first, then up), w2 [E, D, I], router [E, D].
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lamina_engine.kernels.cpu_ops import MAX_ROWS, can_run, native_ops
 from lamina_engine.models.config import ModelConfig
 from lamina_engine.models.layers import Linear, linear
 
@@ -101,15 +103,30 @@ def experts_forward(
     # One gather in, one gather out: per-expert slices of x_sorted are contiguous, and the
     # combine is a permutation + sum over K (index_add_ was the slowest op here on CPU).
     x_sorted = x.index_select(0, order // top_k)  # [T*K, D] token rows, grouped by expert
-    y_sorted = torch.empty_like(x_sorted)  # [T*K, D]
-    start = 0
-    for expert, n in enumerate(counts.tolist()):
-        if n == 0:
-            continue
-        rows = slice(start, start + n)
-        start += n
-        gate, up = linear(x_sorted[rows], w13[expert], None, invariant).split(two_i // 2, dim=-1)
-        y_sorted[rows] = linear(F.silu(gate) * up, w2[expert], None, invariant)  # [n, D]
+    sizes = counts.tolist()
+    if not invariant and max(sizes) <= MAX_ROWS and can_run(x_sorted, w13, w2):
+        ops = native_ops()
+    else:
+        ops = None
+    # A decode step's few rows per expert: every expert of the layer in one call per GEMM
+    # (kernels/cpu_ops.py). An expert with more rows (a prefill chunk) is a real GEMM: then the
+    # whole layer runs the torch loop (oneDNN / MKL).
+    if ops is not None:
+        offsets = list(itertools.accumulate(sizes, initial=0))
+        gate, up = ops.grouped_gemv(x_sorted, w13, offsets).split(two_i // 2, dim=-1)
+        y_sorted = ops.grouped_gemv(F.silu(gate) * up, w2, offsets)  # [T*K, D]
+    else:
+        y_sorted = torch.empty_like(x_sorted)  # [T*K, D]
+        start = 0
+        for expert, n in enumerate(sizes):
+            if n == 0:
+                continue
+            rows = slice(start, start + n)
+            start += n
+            gate, up = linear(x_sorted[rows], w13[expert], None, invariant).split(
+                two_i // 2, dim=-1
+            )
+            y_sorted[rows] = linear(F.silu(gate) * up, w2[expert], None, invariant)  # [n, D]
     y_sorted.mul_(weights.reshape(-1)[order, None].to(y_sorted.dtype))
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)

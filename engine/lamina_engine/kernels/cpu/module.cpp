@@ -1,0 +1,13 @@
+// The Python module kernels/cpu_ops.py loads: Lamina's CPU kernels and the ISA they were built for.
+#include <torch/extension.h>
+
+#include "ops.h"
+#include "vec.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.attr("isa") = lamina::kIsa;
+  m.attr("tile_rows") = lamina::kTile;
+  m.def("grouped_gemv", &grouped_gemv, "out[p] = w[group(p)] @ inp[p], fp32");
+  m.def("decode_attention", &decode_attention,
+        "paged decode attention, one query token per sequence, fp32");
+}
