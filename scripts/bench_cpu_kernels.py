@@ -1,6 +1,8 @@
 """CPU kernels of the torch path: matmuls by row count, and decode attention.
 
-Matmuls: F.linear vs torch.mm(w, x^T) vs oneDNN's linear vs what `linear` picks.
+Matmuls: F.linear vs torch.mm(w, x^T) vs oneDNN's linear vs Lamina's grouped_gemv
+(kernels/cpu_ops.py: all `count` weights in one call, m rows each, as a MoE layer runs its
+experts) vs what `linear` picks (grouped_gemv for M <= 16 where it builds).
 
     .venv/bin/python scripts/bench_cpu_kernels.py [--threads 1]
 
@@ -12,8 +14,9 @@ shapes are the vs-hf benchmark model's (engine/lamina_engine/bench/random_models
 
 Decode attention: one layer of 16 decodes with seeded context lengths 32-768 over a paged cache
 (block 16, 4 kv heads, 8 heads, head_dim 64, shuffled blocks), as `paged_attention` runs it
-(unpadded gather, per-sequence bmm) against one padded SDPA call over every sequence's blocks
-gathered to the longest context (the torch path before this table was made).
+with Lamina's CPU kernel (K/V read in place), with the torch path it replaced (unpadded gather,
+per-sequence bmm), and as one padded SDPA call over every sequence's blocks gathered to the
+longest context (the torch path before that).
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     onednn = torch.ops.mkldnn._linear_pointwise
     print(f"torch {torch.__version__}, {args.threads} thread(s); GB/s of weight streamed")
-    print("| weight | rows | F.linear | mm(w, x^T) | oneDNN linear | lamina linear |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| weight | rows | F.linear | mm(w, x^T) | oneDNN linear | grouped_gemv | lamina linear |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    from lamina_engine.kernels.cpu_ops import native_ops
     from lamina_engine.models.layers import linear
+
+    ops = native_ops()
 
     for name, n, k, count in SHAPES:
         weights = torch.randn(count, n, k)
@@ -62,9 +70,15 @@ def main() -> None:
                 lambda x=x, ws=weights: [F.linear(x, w) for w in ws],
                 lambda x=x, ws=weights: [torch.mm(w, x.t()) for w in ws],
                 lambda x=x, ws=weights: [onednn(x, w, None, "none", [], "") for w in ws],
+                None,
                 lambda x=x, ws=weights: [linear(x, w) for w in ws],
             ]
-            cells = " | ".join(f"{gb / best_seconds(fn):.1f}" for fn in kernels)
+            if ops is not None:  # the same rows for every weight, in one call
+                rows, offsets = x.repeat(count, 1), list(range(0, count * m + 1, m))
+                kernels[3] = lambda r=rows, o=offsets, ws=weights: ops.grouped_gemv(r, ws, o)
+            cells = " | ".join(
+                "n/a" if fn is None else f"{gb / best_seconds(fn):.1f}" for fn in kernels
+            )
             print(f"| {name} [{n}, {k}] | {m} | {cells} |")
     decode_attention()
 
@@ -72,7 +86,7 @@ def main() -> None:
 def decode_attention() -> None:
     import random
 
-    from lamina_engine.models import AttentionMetadata
+    from lamina_engine.models import AttentionMetadata, attention
     from lamina_engine.models.attention import paged_attention
 
     bs, kv_heads, heads, hd = 16, 4, 8, 64
@@ -96,11 +110,23 @@ def decode_attention() -> None:
         qd = q.view(len(contexts), kv_heads, heads // kv_heads, hd)
         return F.scaled_dot_product_attention(qd, k, v, attn_mask=mask).reshape(q.shape)
 
+    def torch_path():
+        native, attention._native_decode = attention._native_decode, lambda q, kv: None
+        try:
+            return paged_attention(q, cache, plan)
+        finally:
+            attention._native_decode = native
+
     torch.testing.assert_close(paged_attention(q, cache, plan), padded_sdpa())
+    torch.testing.assert_close(torch_path(), padded_sdpa())
     padded_ms = best_seconds(padded_sdpa, 20) * 1e3
+    torch_ms = best_seconds(torch_path, 20) * 1e3
     paged_ms = best_seconds(lambda: paged_attention(q, cache, plan), 20) * 1e3
     print(f"\ndecode attention, 16 sequences, {sum(contexts)} keys (longest {max(contexts)}):")
-    print(f"padded SDPA {padded_ms:.2f} ms/layer, paged_attention {paged_ms:.2f} ms/layer")
+    print(
+        f"padded SDPA {padded_ms:.2f} ms/layer, paged_attention: torch path {torch_ms:.2f}, "
+        f"as it runs here (Lamina's CPU kernel where it builds) {paged_ms:.2f} ms/layer"
+    )
 
 
 if __name__ == "__main__":

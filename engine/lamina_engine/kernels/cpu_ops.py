@@ -7,11 +7,14 @@
     decode_attention(q [Bd, H, hd], kv_cache, blocks, block_starts, contexts, scale)
         every decode's paged attention in one call, K/V read in place
         (kernels/cpu/decode_attention.cpp; reference: models/attention.py's torch path).
+    rms_norm(x, w, eps), add_rms_norm(x, residual, w, eps)
+        RMSNorm in one pass per row, after the residual add (kernels/cpu/rms_norm.cpp;
+        reference: models/layers.py's RMSNorm torch path).
 
 For the few rows of a decode step torch's CPU GEMMs stream a weight at 4-11 GB/s on a host
 whose memory gives one core ~10; grouped_gemv streams it at 9-12 GB/s, and replaces ~6 small
-ops per expert with one call per layer (docs/benchmarks.md, "CPU decode kernels"). Both
-kernels give a row (a sequence) the same result whatever else shares the call, and the same
+ops per expert with one call per layer (docs/benchmarks.md, "CPU decode kernels"). Every
+kernel gives a row (a sequence) the same result whatever else shares the call, and the same
 result run after run. They are built with torch.utils.cpp_extension (ninja and a C++
 compiler; 1-2 min) into ~/.cache/lamina/cpu_ops (under $XDG_CACHE_HOME when set), keyed by the
 ISA and a hash of the sources, and reused from there by every later process. Without either
@@ -21,6 +24,7 @@ results up to fp32 rounding order.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -84,7 +88,7 @@ def native_ops() -> ModuleType | None:
         # One builder at a time, by a lock the kernel drops when its holder dies. torch's own
         # lock file outlives a process killed mid-build and would make every later one wait
         # forever; holding ours, any such file is stale.
-        with open(build / "lamina.lock", "w") as held:
+        with open(build / "lamina.lock", "w") as held, _ninja_on_path():
             fcntl.flock(held, fcntl.LOCK_EX)
             (build / "lock").unlink(missing_ok=True)
             if not any(build.glob("*.so")):
@@ -100,6 +104,23 @@ def native_ops() -> ModuleType | None:
     except Exception as exc:
         log.warning("CPU kernels unavailable (%s); the torch loop runs instead", exc)
         return None
+
+
+@contextlib.contextmanager
+def _ninja_on_path():
+    """torch runs `ninja` from PATH; the pip package's (an engine dependency) lies in the venv's
+    bin folder, which is not on PATH when the venv's python runs without being activated."""
+    saved = os.environ.get("PATH", "")
+    try:
+        import ninja
+
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, saved])
+    except ImportError:  # a system ninja, if any
+        pass
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = saved
 
 
 def _cache_dir() -> Path:

@@ -104,6 +104,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if (ops := self._cpu_ops(x)) is not None:  # one pass per row (kernels/cpu_ops.py)
+            return ops.rms_norm(x, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -114,8 +116,18 @@ class RMSNorm(nn.Module):
             from lamina_engine.kernels.rmsnorm import rmsnorm_residual
 
             return rmsnorm_residual(x, residual, self.weight, self.eps)
+        ops = self._cpu_ops(x) if residual is not None and x.dim() == 2 else None
+        if ops is not None and self._cpu_ops(residual) is not None:
+            return ops.add_rms_norm(x, residual, self.weight, self.eps)
         residual = x if residual is None else x + residual
         return self.forward(residual), residual
+
+    def _cpu_ops(self, x: Tensor):
+        """Lamina's CPU kernels when they take x (fp32 on the CPU, [T, D] or [T, H, D], unit
+        stride along D), else None."""
+        if x.dtype != torch.float32 or x.dim() not in (2, 3) or x.stride(-1) != 1:
+            return None
+        return native_ops() if can_run(self.weight) else None
 
 
 def rope_inverse_frequencies(rope: RopeConfig, head_dim: int) -> Tensor:

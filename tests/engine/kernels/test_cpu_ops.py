@@ -163,3 +163,39 @@ def test_decode_attention_refuses_bad_operands_with_a_message(ops, change, messa
         ops.decode_attention(
             args["q"], args["cache"], args["blocks"], args["starts"], args["contexts"], 0.2
         )
+
+
+def _torch_rms_norm(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+@pytest.mark.parametrize("dim", [7, 16, 64, 100])
+def test_rms_norm_matches_torch_on_rows_and_strided_heads(ops, dim):
+    g = torch.Generator().manual_seed(dim)
+    w = torch.randn(dim, generator=g)
+    x = torch.randn(5, dim, generator=g)
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-6), _torch_rms_norm(x, w, 1e-6))
+    # the q slice of a fused qkv projection, viewed [T, H, hd]: strided rows
+    qkv = torch.randn(5, 6 * dim, generator=g)
+    q = qkv[:, : 4 * dim].view(5, 4, dim)
+    got = ops.rms_norm(q, w, 1e-6)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, _torch_rms_norm(q, w, 1e-6))
+    residual = torch.randn(5, dim, generator=g)
+    out, total = ops.add_rms_norm(x, residual, w, 1e-6)
+    assert torch.equal(total, x + residual)
+    torch.testing.assert_close(out, _torch_rms_norm(x + residual, w, 1e-6))
+
+
+@pytest.mark.parametrize(
+    ("x", "w", "message"),
+    [
+        (torch.randn(4, 8), torch.randn(7), "weight must be"),
+        (torch.randn(8, 4).t(), torch.randn(8), "unit stride"),
+        (torch.randn(4, 8).double(), torch.randn(8), "fp32 only"),
+        (torch.randn(2, 2, 2, 8), torch.randn(8), r"\[T, D\] or \[T, H, D\]"),
+    ],
+)
+def test_rms_norm_refuses_bad_operands_with_a_message(ops, x, w, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.rms_norm(x, w, 1e-6)

@@ -3,6 +3,7 @@
 
 #include <torch/extension.h>
 
+#include <tuple>
 #include <vector>
 
 // out[p] = w[e] @ inp[p] for the rows p in [offsets[e], offsets[e + 1]) (grouped_gemv.cpp).
@@ -14,3 +15,11 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& kv_c
                                const torch::Tensor& blocks,
                                const std::vector<int64_t>& block_starts,
                                const std::vector<int64_t>& contexts, double scale);
+
+// w * x / sqrt(mean(x^2) + eps) over the last dim of [T, D] or [T, H, D] (rms_norm.cpp).
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps);
+
+// (rms_norm(x + residual), x + residual) for [T, D] (rms_norm.cpp).
+std::tuple<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x,
+                                                      const torch::Tensor& residual,
+                                                      const torch::Tensor& w, double eps);
