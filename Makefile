@@ -18,6 +18,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	@command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
+	@# Lamina's CPU kernels are compiled on the machine (kernels/cpu_ops.py): a C++ compiler and
+	@# Python's headers (ninja comes from pip).
+	@command -v c++ >/dev/null || (apt-get update -qq && apt-get install -y -qq g++)
+	@$(PYTHON) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+		|| (apt-get update -qq && apt-get install -y -qq python3-dev)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0

@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -72,14 +73,21 @@ def native_ops() -> ModuleType | None:
     """The built extension, or None (with one log line saying why) where it cannot run."""
     isa = cpu_isa()
     if isa is None:
-        log.info("CPU kernels off: this CPU has neither AVX-512F nor AVX2+FMA; torch loop runs")
+        log.info("CPU kernels off: this CPU has neither AVX-512F nor AVX2+FMA; torch runs")
         return None
     # -fopenmp: at::parallel_for runs on torch's OpenMP threads (serially without it)
     cflags = ["-O3", "-fopenmp", *ISAS[isa][1]]
     files = sorted(SOURCES.glob("*.[ch]*"))
     key = b"".join(f.name.encode() + f.read_bytes() for f in files) + " ".join(cflags).encode()
     digest = hashlib.sha256(key).hexdigest()
-    try:  # no compiler, no ninja, no Python headers, a read-only home: run the torch loop
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:  # the engine image, for one: no toolchain
+        log.warning(
+            "CPU kernels unavailable (no C++ compiler %r on PATH); the torch kernels run instead",
+            compiler,
+        )
+        return None
+    try:  # no ninja, no Python headers, a read-only home, a failed build: run the torch loop
         from torch.utils.cpp_extension import load
 
         name = f"lamina_cpu_ops_{isa}_{digest[:12]}"
@@ -102,8 +110,15 @@ def native_ops() -> ModuleType | None:
                 verbose=False,
             )
     except Exception as exc:
-        log.warning("CPU kernels unavailable (%s); the torch loop runs instead", exc)
+        log.warning("CPU kernels unavailable (%s); the torch kernels run instead", _why(exc))
         return None
+
+
+def _why(exc: Exception) -> str:
+    """The lines of a failed build that say what failed, not its whole log."""
+    lines = str(exc).splitlines()
+    errors = [ln.strip() for ln in lines if "error" in ln.lower() or "not found" in ln]
+    return " | ".join(([lines[0][:200]] if lines else []) + errors[:3])
 
 
 @contextlib.contextmanager

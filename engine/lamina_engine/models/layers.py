@@ -18,8 +18,9 @@ from lamina_engine.models.config import ModelConfig, RopeConfig
 # kernels", "Determinism" and "CPU MoE kernel"). A weight w [N, K] times x [M, K] rows is bound
 # by streaming w for small M. Default (fastest per M):
 # - M <= cpu_ops.MAX_ROWS (a decode step: its batch, or an expert's few rows), fp32: Lamina's
-#   AVX-512/AVX2 kernel (kernels/cpu_ops.py), 1.3-2.5x oneDNN / MKL for M = 2-8 and never slower
-#   up to 16; where it is unavailable, the two kernels below;
+#   AVX-512/AVX2 kernel (kernels/cpu_ops.py): as fast as the best of F.linear, mm and oneDNN
+#   for each M up to 16, and up to 2.5x faster (at 2-8 rows); where it is unavailable, the two
+#   kernels below;
 # - 2 <= M <= 4: torch.mm(w, x^T), x^T a transposed view of row-major x (mm with a row-major
 #   [K, M] operand is 4x slower);
 # - otherwise oneDNN's fp32 linear (torch.ops.mkldnn._linear_pointwise, the op Inductor's CPU

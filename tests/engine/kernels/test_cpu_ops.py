@@ -199,3 +199,20 @@ def test_rms_norm_matches_torch_on_rows_and_strided_heads(ops, dim):
 def test_rms_norm_refuses_bad_operands_with_a_message(ops, x, w, message):
     with pytest.raises(RuntimeError, match=message):
         ops.rms_norm(x, w, 1e-6)
+
+
+def test_rms_norm_module_matches_its_torch_path(ops, monkeypatch):
+    """RMSNorm (and its residual add) through the kernel and through the torch ops it replaced,
+    which run where the kernels do not build."""
+    from lamina_engine.models import layers
+
+    g = torch.Generator().manual_seed(3)
+    norm = layers.RMSNorm(48, 1e-6)
+    norm.weight.data = torch.randn(48, generator=g)
+    x, residual = torch.randn(6, 48, generator=g), torch.randn(6, 48, generator=g)
+    heads = torch.randn(6, 3 * 48, generator=g)[:, :96].view(6, 2, 48)
+    with torch.no_grad():
+        fast = norm.forward_with_residual(x, residual), norm(heads)
+        monkeypatch.setattr(layers, "native_ops", lambda: None)
+        slow = norm.forward_with_residual(x, residual), norm(heads)
+    torch.testing.assert_close(fast, slow)
