@@ -260,7 +260,6 @@ def paged_attention(
     group = num_heads // kv_heads
     scale = hd**-0.5 if scale is None else scale
     out = torch.empty_like(q)
-    ws = plan.workspace(kv_cache)
 
     if plan.decodes and (ops := _native_decode(q, kv_cache)) is not None:
         rows = plan.decode_tokens  # every decode in one call, K/V read in place
@@ -272,7 +271,7 @@ def paged_attention(
     elif plan.decodes:
         rows = plan.decode_tokens
         queries = q.index_select(0, rows).float().mul_(scale).view(-1, kv_heads, group, hd)
-        outs = []
+        outs, ws = [], plan.workspace(kv_cache)
         for i, d in enumerate(plan.decodes):
             nb = d.blocks.numel()
             # [nb, BS, KV, hd] -> [KV, C, hd] views; the workspace's head stays in cache
@@ -285,6 +284,7 @@ def paged_attention(
         out.index_copy_(0, rows, torch.stack(outs).view(-1, num_heads, hd).to(q.dtype))
 
     for p in plan.prefills:
+        ws = plan.workspace(kv_cache)  # made once per step, shared by every layer
         rows = slice(p.token_start, p.token_start + p.q_len)
         qp = q[rows].transpose(0, 1)[None]  # [1, H, q_len, hd]
         kp = _gather_blocks(kv_cache[0], p.blocks[None], ws[0], q.dtype)  # [1, KV, C, hd]
