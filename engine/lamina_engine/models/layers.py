@@ -15,7 +15,7 @@ from lamina_engine.kernels.cpu_ops import MAX_ROWS, can_run, native_ops
 from lamina_engine.models.config import ModelConfig, RopeConfig
 
 # CPU matmul kernel choice, measured on torch 2.13's CPU build (docs/benchmarks.md, "CPU matmul
-# kernels", "Determinism" and "CPU MoE kernel"). A weight w [N, K] times x [M, K] rows is bound
+# kernels", "Determinism" and "CPU decode kernels"). A weight w [N, K] times x [M, K] rows is bound
 # by streaming w for small M. Default (fastest per M):
 # - M <= cpu_ops.MAX_ROWS (a decode step: its batch, or an expert's few rows), fp32: Lamina's
 #   AVX-512/AVX2 kernel (kernels/cpu_ops.py): as fast as the best of F.linear, mm and oneDNN
@@ -117,17 +117,17 @@ class RMSNorm(nn.Module):
             from lamina_engine.kernels.rmsnorm import rmsnorm_residual
 
             return rmsnorm_residual(x, residual, self.weight, self.eps)
-        ops = self._cpu_ops(x) if residual is not None and x.dim() == 2 else None
-        if ops is not None and self._cpu_ops(residual) is not None:
+        if residual is not None and x.dim() == 2 and (ops := self._cpu_ops(x, residual)):
             return ops.add_rms_norm(x, residual, self.weight, self.eps)
         residual = x if residual is None else x + residual
         return self.forward(residual), residual
 
-    def _cpu_ops(self, x: Tensor):
-        """Lamina's CPU kernels when they take x (fp32 on the CPU, [T, D] or [T, H, D], unit
-        stride along D), else None."""
-        if x.dtype != torch.float32 or x.dim() not in (2, 3) or x.stride(-1) != 1:
-            return None
+    def _cpu_ops(self, *xs: Tensor):
+        """Lamina's CPU kernels when they take every x (fp32, [T, D] or [T, H, D], unit stride
+        along D) and the weight (fp32 on the CPU), else None."""
+        for x in xs:
+            if x.dtype != torch.float32 or x.dim() not in (2, 3) or x.stride(-1) != 1:
+                return None
         return native_ops() if can_run(self.weight) else None
 
 

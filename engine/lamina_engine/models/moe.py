@@ -104,10 +104,8 @@ def experts_forward(
     # combine is a permutation + sum over K (index_add_ was the slowest op here on CPU).
     x_sorted = x.index_select(0, order // top_k)  # [T*K, D] token rows, grouped by expert
     sizes = counts.tolist()
-    if not invariant and max(sizes) <= MAX_ROWS and can_run(x_sorted, w13, w2):
-        ops = native_ops()
-    else:
-        ops = None
+    few = not invariant and max(sizes) <= MAX_ROWS and can_run(x_sorted, w13, w2)
+    ops = native_ops() if few else None
     # A decode step's few rows per expert: every expert of the layer in one call per GEMM
     # (kernels/cpu_ops.py). An expert with more rows (a prefill chunk) is a real GEMM: then the
     # whole layer runs the torch loop (oneDNN / MKL).
