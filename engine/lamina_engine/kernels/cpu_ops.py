@@ -2,8 +2,9 @@
 
     grouped_gemv(inp [P, K], w [E, N, K], offsets [E + 1]) -> [P, N]
         out[p] = w[e] @ inp[p] for the rows p in [offsets[e], offsets[e + 1]): every expert of
-        a MoE layer in one call, or one dense linear with E = 1 (kernels/cpu/grouped_gemv.cpp;
-        torch reference: `grouped_gemv_reference`).
+        a MoE layer in one call, or one dense linear with E = 1, any number of rows; a row's
+        bits never depend on the call's other rows (kernels/cpu/grouped_gemv.cpp; torch
+        reference: `grouped_gemv_reference`).
     decode_attention(q [Bd, H, hd], kv_cache, blocks, block_starts, contexts, scale)
         every decode's paged attention in one call, K/V read in place
         (kernels/cpu/decode_attention.cpp; reference: models/attention.py's torch path).
@@ -40,9 +41,10 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-# Rows per call (a linear's M, an expert's rows) up to which grouped_gemv beats torch's kernels:
-# it streams the weight once per tile of 4-8 rows, so past ~16 rows a blocked GEMM wins.
-MAX_ROWS = 16
+# Rows per call (a linear's M, an expert's rows) up to which grouped_gemv is used by default.
+# With 8 experts of the vs-hf shape it was 1.9x (AVX-512) / 1.15x (AVX2) faster than oneDNN's
+# loop at 32 rows per expert, even at 64 / 40 rows (docs/benchmarks.md, "CPU decode kernels").
+MAX_ROWS = 32
 
 SOURCES = Path(__file__).with_name("cpu")  # module.cpp binds the kernels; vec.h the ISA
 
@@ -55,8 +57,13 @@ ISAS = {
 
 
 def cpu_isa() -> str | None:
-    """The best of ISAS this CPU has, or None (not x86-64, or neither AVX-512F nor AVX2+FMA)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
+    """The best of ISAS this CPU has, or None (not x86-64, or neither AVX-512F nor AVX2+FMA).
+    LAMINA_CPU_ISA=avx2 (or avx512f, or off) picks one instead, if the CPU has it: the AVX2
+    build then runs, and is tested, on an AVX-512 host too."""
+    forced = os.environ.get("LAMINA_CPU_ISA", "").strip().lower()
+    if forced and forced != "off" and forced not in ISAS:
+        raise ValueError(f"LAMINA_CPU_ISA={forced!r}: expected one of {', '.join(ISAS)} or off")
+    if forced == "off" or platform.machine() not in ("x86_64", "AMD64"):
         return None
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -65,6 +72,12 @@ def cpu_isa() -> str | None:
     flags = next(
         (set(line.split()) for line in text.splitlines() if line.startswith("flags")), set()
     )
+    if forced:
+        if not ISAS[forced][0] <= flags:
+            raise ValueError(
+                f"LAMINA_CPU_ISA={forced}: this CPU lacks {' or '.join(ISAS[forced][0] - flags)}"
+            )
+        return forced
     return next((isa for isa, (needs, _) in ISAS.items() if needs <= flags), None)
 
 

@@ -19,7 +19,7 @@ from lamina_engine.models.config import ModelConfig, RopeConfig
 # by streaming w for small M. Default (fastest per M):
 # - M <= cpu_ops.MAX_ROWS (a decode step: its batch, or an expert's few rows), fp32: Lamina's
 #   AVX-512/AVX2 kernel (kernels/cpu_ops.py): as fast as the best of F.linear, mm and oneDNN
-#   for each M up to 16, and up to 2.5x faster (at 2-8 rows); where it is unavailable, the two
+#   for each M up to 32, and up to 2.5x faster (at 2-8 rows); where it is unavailable, the two
 #   kernels below;
 # - 2 <= M <= 4: torch.mm(w, x^T), x^T a transposed view of row-major x (mm with a row-major
 #   [K, M] operand is 4x slower);
@@ -28,9 +28,10 @@ from lamina_engine.models.config import ModelConfig, RopeConfig
 # All IEEE fp32, differing only in summation order -- but that order depends on M, so a row's
 # rounding depends on how many rows share the call, i.e. on the rest of the batch, and at a
 # router near-tie a request's greedy tokens can depend on its batch. `invariant=True`
-# (EngineConfig.batch_invariant) uses oneDNN's M >= 2 kernel for every M, which gives bitwise the
-# same row for any M (a single row runs as two): batch-invariant, but a single row costs
-# 3.2-3.6x the gemv (tests/engine/test_cpu_kernels.py checks both paths).
+# (EngineConfig.batch_invariant) uses Lamina's kernel for every M (a row's bits never depend on
+# M; 0.6-0.8x oneDNN's speed past ~64 rows), or where it is unavailable oneDNN's M >= 2 kernel
+# for every M (a single row runs as two, 3.2-3.6x the gemv): batch-invariant either way
+# (tests/engine/test_cpu_kernels.py checks both paths).
 _CPU_FEW_ROWS = range(2, 5)
 
 
@@ -60,14 +61,14 @@ def linear(
     if x.device.type != "cpu" or x.dim() != 2:
         return F.linear(x, weight, bias)
     onednn = _ONEDNN_LINEAR is not None and x.dtype == weight.dtype == torch.float32
+    few = invariant or x.shape[0] <= MAX_ROWS  # Lamina's kernel: its rows ignore M
+    if few and x.dtype == torch.float32 and can_run(weight) and (ops := native_ops()):
+        out = ops.grouped_gemv(x.contiguous(), weight[None], [0, x.shape[0]])
+        return out if bias is None else out.add_(bias)
     if invariant and onednn:
         if x.shape[0] == 1:  # [1, K] -> [2, K]: the M >= 2 kernel, then keep the first row
             return _ONEDNN_LINEAR(x.expand(2, -1).contiguous(), weight, bias, "none", [], "")[:1]
         return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
-    few = not invariant and x.shape[0] <= MAX_ROWS and x.dtype == torch.float32
-    if few and can_run(weight) and (ops := native_ops()) is not None:
-        out = ops.grouped_gemv(x.contiguous(), weight[None], [0, x.shape[0]])
-        return out if bias is None else out.add_(bias)
     if x.shape[0] in _CPU_FEW_ROWS:
         out = torch.mm(weight, x.t()).t().contiguous()  # [N, M] -> [M, N]
         return out if bias is None else out.add_(bias)

@@ -99,37 +99,50 @@ def experts_forward(
     num_experts, two_i, _ = w13.shape
     flat_ids = ids.reshape(-1)  # [T*K]
     counts = torch.bincount(flat_ids, minlength=num_experts)  # [E]
-    order = torch.argsort(flat_ids, stable=True)  # [T*K] pair indices grouped by expert
+    sizes = counts.tolist()
+    # Lamina's grouped kernel (kernels/cpu_ops.py) takes every expert of the layer in one call
+    # per GEMM: all of them under `invariant` (its rows do not depend on M), else those with at
+    # most MAX_ROWS rows (a decode step's few), while an expert with more (a prefill chunk's) is
+    # a real GEMM for oneDNN / MKL in the loop below.
+    ops = native_ops() if can_run(x, w13, w2) else None
+    limit = (num_tokens * top_k if invariant else MAX_ROWS) if ops is not None else -1
+    native = [n if n <= limit else 0 for n in sizes]
+    rows = sum(native)
+    key = flat_ids
+    if 0 < rows < flat_ids.numel():  # the kernel's experts first, so their rows are a prefix
+        key = flat_ids + num_experts * (counts > limit)[flat_ids]
+    order = torch.argsort(key, stable=True)  # [T*K] pair indices grouped by expert
     # One gather in, one gather out: per-expert slices of x_sorted are contiguous, and the
     # combine is a permutation + sum over K (index_add_ was the slowest op here on CPU).
     x_sorted = x.index_select(0, order // top_k)  # [T*K, D] token rows, grouped by expert
-    sizes = counts.tolist()
-    few = not invariant and max(sizes) <= MAX_ROWS and can_run(x_sorted, w13, w2)
-    ops = native_ops() if few else None
-    # A decode step's few rows per expert: every expert of the layer in one call per GEMM
-    # (kernels/cpu_ops.py). An expert with more rows (a prefill chunk) is a real GEMM: then the
-    # whole layer runs the torch loop (oneDNN / MKL).
-    if ops is not None:
-        offsets = list(itertools.accumulate(sizes, initial=0))
-        gate, up = ops.grouped_gemv(x_sorted, w13, offsets).split(two_i // 2, dim=-1)
-        y_sorted = ops.grouped_gemv(F.silu(gate) * up, w2, offsets)  # [T*K, D]
+    if 0 < rows == x_sorted.shape[0]:
+        y_sorted = _grouped(ops, x_sorted, w13, w2, native)
     else:
         y_sorted = torch.empty_like(x_sorted)  # [T*K, D]
-        start = 0
+        if rows:
+            y_sorted[:rows] = _grouped(ops, x_sorted[:rows], w13, w2, native)
+        start = rows
         for expert, n in enumerate(sizes):
-            if n == 0:
+            if n == 0 or native[expert]:
                 continue
-            rows = slice(start, start + n)
+            span = slice(start, start + n)
             start += n
-            gate, up = linear(x_sorted[rows], w13[expert], None, invariant).split(
+            gate, up = linear(x_sorted[span], w13[expert], None, invariant).split(
                 two_i // 2, dim=-1
             )
-            y_sorted[rows] = linear(F.silu(gate) * up, w2[expert], None, invariant)  # [n, D]
+            y_sorted[span] = linear(F.silu(gate) * up, w2[expert], None, invariant)  # [n, D]
     y_sorted.mul_(weights.reshape(-1)[order, None].to(y_sorted.dtype))
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     out = y_sorted.index_select(0, inverse).view(num_tokens, top_k, -1).sum(dim=1)  # [T, D]
     return out, counts
+
+
+def _grouped(ops, x_sorted: Tensor, w13: Tensor, w2: Tensor, sizes: list[int]) -> Tensor:
+    """The experts of `sizes` (rows per expert, in x_sorted's order) by the grouped kernel."""
+    offsets = list(itertools.accumulate(sizes, initial=0))
+    gate, up = ops.grouped_gemv(x_sorted, w13, offsets).split(w13.shape[1] // 2, dim=-1)
+    return ops.grouped_gemv(F.silu(gate) * up, w2, offsets)  # [rows, D]
 
 
 class MoE(nn.Module):

@@ -4,6 +4,8 @@ of the batch and its refusals (its agreement with dense attention: tests/engine/
 
 On an x86-64 CPU with AVX-512F or AVX2 + FMA the kernel must build (a C++ compiler is part of
 `make install`'s machine); only other CPUs skip, and they run the torch loop in the engine.
+On an AVX-512 host, `LAMINA_CPU_ISA=avx2 pytest tests/engine/kernels/test_cpu_ops.py` runs the
+same tests against the AVX2 build.
 """
 
 from __future__ import annotations
@@ -22,6 +24,19 @@ def ops():
     built = cpu_ops.native_ops()
     assert built is not None, "the CPU MoE kernel did not build (see the warning logged above)"
     return built
+
+
+def test_lamina_cpu_isa_picks_a_build_or_says_what_is_wrong(monkeypatch):
+    monkeypatch.setenv("LAMINA_CPU_ISA", "off")
+    assert cpu_ops.cpu_isa() is None
+    monkeypatch.setenv("LAMINA_CPU_ISA", "avx3")
+    with pytest.raises(ValueError, match="expected one of avx512f, avx2 or off"):
+        cpu_ops.cpu_isa()
+    monkeypatch.delenv("LAMINA_CPU_ISA")
+    best = cpu_ops.cpu_isa()
+    if best is not None:  # an x86-64 host with AVX-512F or AVX2: it may ask for what it has
+        monkeypatch.setenv("LAMINA_CPU_ISA", best.upper())
+        assert cpu_ops.cpu_isa() == best
 
 
 def offsets_of(sizes: list[int]) -> list[int]:
@@ -96,17 +111,22 @@ def test_can_run_only_takes_contiguous_fp32_cpu_tensors():
     assert not cpu_ops.can_run(x, torch.randn(2, 8, 6).transpose(1, 2))
 
 
-@pytest.mark.parametrize("tokens", [1, 5, 16, 64])
-def test_experts_forward_with_the_kernel_matches_the_torch_loop(ops, monkeypatch, tokens):
-    """The MoE layer's result is the same (to fp32 rounding) with the kernel and without it;
-    64 tokens over 6 experts give some expert more than MAX_ROWS rows: the torch loop."""
-    g = torch.Generator().manual_seed(tokens)
+def _moe_case(tokens: int, seed: int, ids: torch.Tensor | None = None):
+    g = torch.Generator().manual_seed(seed)
     num_experts, top_k, hidden, inter = 6, 3, 40, 24
     x = torch.randn(tokens, hidden, generator=g)
     logits = torch.randn(tokens, num_experts, generator=g)
-    weights, ids = logits.softmax(-1).topk(top_k, dim=-1)
+    weights, routed = logits.softmax(-1).topk(top_k, dim=-1)
     w13 = torch.randn(num_experts, 2 * inter, hidden, generator=g) / hidden**0.5
     w2 = torch.randn(num_experts, hidden, inter, generator=g) / inter**0.5
+    return x, weights, routed if ids is None else ids, w13, w2
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 16, 64])
+def test_experts_forward_with_the_kernel_matches_the_torch_loop(ops, monkeypatch, tokens):
+    """The MoE layer's result is the same (to fp32 rounding) with the kernel and without it;
+    64 tokens over 6 experts give every expert more than MAX_ROWS rows: the torch loop."""
+    x, weights, ids, w13, w2 = _moe_case(tokens, seed=tokens)
     calls = []
     monkeypatch.setattr(ops, "grouped_gemv", _counting(ops.grouped_gemv, calls), raising=False)
     monkeypatch.setattr(moe, "native_ops", lambda: ops)
@@ -115,7 +135,36 @@ def test_experts_forward_with_the_kernel_matches_the_torch_loop(ops, monkeypatch
     loop, counts_loop = moe.experts_forward(x, weights, ids, w13, w2)
     torch.testing.assert_close(fast, loop, rtol=1e-5, atol=1e-5)
     assert torch.equal(counts, counts_loop)
-    assert bool(calls) == (counts.max().item() <= cpu_ops.MAX_ROWS)
+    assert bool(calls) == bool(((counts > 0) & (counts <= cpu_ops.MAX_ROWS)).any())
+
+
+def test_experts_forward_splits_a_layer_between_the_kernel_and_the_loop(ops, monkeypatch):
+    """Expert 0 gets a prefill's 30 rows (the oneDNN loop), experts 1-5 a decode's few (one
+    kernel call per GEMM); the rows come back in token order either way."""
+    ids = torch.stack([torch.zeros(30, dtype=torch.long), torch.arange(30) % 5 + 1], dim=1)
+    ids = torch.cat([ids, ids[:, 1:] % 5 + 1], dim=1)  # [30, 3]: expert 0 in every token
+    x, weights, _, w13, w2 = _moe_case(30, seed=3)
+    calls = []
+    monkeypatch.setattr(ops, "grouped_gemv", _counting(ops.grouped_gemv, calls), raising=False)
+    monkeypatch.setattr(moe, "native_ops", lambda: ops)
+    mixed, counts = moe.experts_forward(x, weights, ids, w13, w2)
+    assert counts[0] == 30 and 0 < counts[1:].max() <= cpu_ops.MAX_ROWS and len(calls) == 2
+    monkeypatch.setattr(moe, "native_ops", lambda: None)
+    loop, _ = moe.experts_forward(x, weights, ids, w13, w2)
+    torch.testing.assert_close(mixed, loop, rtol=1e-5, atol=1e-5)
+
+
+def test_invariant_experts_give_a_token_the_same_bits_in_any_batch(ops, monkeypatch):
+    """batch_invariant: every expert runs on the kernel, whose rows ignore the call's other
+    rows, so a token's output is bitwise the same alone and inside a 64-token prefill."""
+    x, weights, ids, w13, w2 = _moe_case(64, seed=5)
+    monkeypatch.setattr(moe, "native_ops", lambda: ops)
+    whole, _ = moe.experts_forward(x, weights, ids, w13, w2, invariant=True)
+    for t in (0, 17, 63):
+        alone, _ = moe.experts_forward(
+            x[t : t + 1], weights[t : t + 1], ids[t : t + 1], w13, w2, invariant=True
+        )
+        assert torch.equal(alone[0], whole[t]), t
 
 
 def _counting(fn, calls):

@@ -1,17 +1,20 @@
-// Grouped small-M GEMM for the CPU MoE path (fp32; AVX-512F, or AVX2 + FMA), built on first
-// use by kernels/cpu_ops.py with torch.utils.cpp_extension and the flags of the host's ISA.
+// Grouped GEMM for the CPU MoE and dense linears (fp32; AVX-512F, or AVX2 + FMA), built on
+// first use by kernels/cpu_ops.py with torch.utils.cpp_extension and the flags of the host's ISA.
 //
 //   out[p, n] = sum_k inp[p, k] * w[e, n, k]   for the rows p in [offsets[e], offsets[e+1])
 //
-// A decode step gives each expert a few rows (16 sequences x top-4 / 32 experts ~ 2), so the
-// work is streaming the expert's weight once: each weight row is loaded once per tile of up to
-// kTile input rows and dotted with all of them. Work items are (expert, 64 weight rows), spread
-// over torch's intra-op threads. One call covers every expert of a layer.
+// One call covers every expert of a MoE layer (or one dense linear, E = 1), for any number of
+// rows: a decode step's 1-3 rows per expert, where the work is streaming each weight once, and
+// a prefill chunk's tens to hundreds, where it is FLOPs. Work items are (expert, 64 weight
+// rows), spread over torch's intra-op threads; an item's weights stay in L2 while its rows pass
+// in register tiles of kRows input rows x kCols weight rows (kLanes accumulators: 16 of
+// AVX-512's 32 registers, 8 of AVX2's 16), each an FMA chain along k. sum_each then reduces
+// all kLanes accumulators at once (a quarter of the shuffles of reducing each on its own).
 //
-// Every output is one dot product accumulated in the same order (one vector chain over k, the
-// masked tail, then a fixed lane reduction) whatever the row's tile or group size: a row's
-// result does not depend on which other rows share the call, so the same request gives the
-// same logits in any batch, run after run.
+// Every output is one dot product added in the same order (one vector chain over k, the masked
+// tail, then sum_each's fixed lane tree) whatever the row's tile, its group's size or the call's
+// other rows: a row's result does not depend on which rows share the call, so the same request
+// gives the same logits in any batch, run after run.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -27,60 +30,68 @@ namespace {
 
 using namespace lamina;
 
-constexpr int kPair = 2;  // weight rows per pass
+constexpr int kCols = 4;      // weight rows per register tile
+constexpr int kRows = kTile;  // input rows per register tile (vec.h): kRows * kCols = kLanes
+static_assert(kRows * kCols == kLanes, "a tile's accumulators are one sum_each");
 // Prefetch distance in floats (16 KB): the hardware prefetcher alone left a 1 MB expert's
 // weight streaming at 60-70% of the memory's speed once a pass does 2+ rows of work.
 constexpr int64_t kAhead = 4096;
 
-// Rows x[0..R) against weight rows [n0, n1): kPair weight rows per pass, so a pass holds
-// kPair * R independent accumulators (enough FMAs in flight to hide their latency) and loads
-// each x vector once per kPair weight rows. Each (n, r) is one chain over k in order, then the
-// masked tail, then sum(): the same for every R and for a weight row with or without a partner.
-template <int R, int B>
-inline void pass(const float* x, const float* w, int64_t n, int64_t K, int64_t full, Mask mask,
-                 float* out, int64_t N) {
-  Vec acc[B][R];
-  for (int b = 0; b < B; ++b)
-    for (int r = 0; r < R; ++r) acc[b][r] = zero();
+// Rows x[0..R) against weight rows [n, n + C). Accumulator (r, c) is slot kRows * c + r, which
+// sum_each leaves in lane kCols * r + c: row r's C outputs are contiguous lanes. Unused slots
+// stay zero; no lane of one slot reaches another's sum.
+template <int R, int C, bool Ahead>
+inline void block(const float* x, const float* w, int64_t n, int64_t K, int64_t full, Mask mask,
+                  float* out, int64_t N) {
+  Vec acc[kLanes];
+  for (int s = 0; s < kLanes; ++s) acc[s] = zero();
   for (int64_t k = 0; k < full; k += kLanes) {
-    Vec wv[B];
-    for (int b = 0; b < B; ++b) {
-      wv[b] = load(w + (n + b) * K + k);
-      _mm_prefetch(reinterpret_cast<const char*>(w + (n + b) * K + k + kAhead), _MM_HINT_T0);
+    Vec wv[C];
+    for (int c = 0; c < C; ++c) {
+      wv[c] = load(w + (n + c) * K + k);
+      if (Ahead)
+        _mm_prefetch(reinterpret_cast<const char*>(w + (n + c) * K + k + kAhead), _MM_HINT_T0);
     }
     for (int r = 0; r < R; ++r) {
       const Vec xv = load(x + r * K + k);
-      for (int b = 0; b < B; ++b) acc[b][r] = fma(wv[b], xv, acc[b][r]);
+      for (int c = 0; c < C; ++c) acc[kRows * c + r] = fma(wv[c], xv, acc[kRows * c + r]);
     }
   }
   if (K > full) {
-    Vec wv[B];
-    for (int b = 0; b < B; ++b) wv[b] = load_tail(w + (n + b) * K + full, mask);
+    Vec wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = load_tail(w + (n + c) * K + full, mask);
     for (int r = 0; r < R; ++r) {
       const Vec xv = load_tail(x + r * K + full, mask);
-      for (int b = 0; b < B; ++b) acc[b][r] = fma(wv[b], xv, acc[b][r]);
+      for (int c = 0; c < C; ++c) acc[kRows * c + r] = fma(wv[c], xv, acc[kRows * c + r]);
     }
   }
-  for (int b = 0; b < B; ++b)
-    for (int r = 0; r < R; ++r) out[r * N + n + b] = sum(acc[b][r]);
+  alignas(64) float sums[kLanes];
+  store(sums, sum_each(acc));
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) out[r * N + n + c] = sums[kCols * r + c];
 }
 
-template <int R>
+template <int R, bool Ahead>
 void tile(const float* x, const float* w, int64_t n0, int64_t n1, int64_t K, float* out,
           int64_t N) {
   const int64_t full = K / kLanes * kLanes;
   const Mask mask = tail_mask(K - full);
   int64_t n = n0;
-  for (; n + kPair <= n1; n += kPair) pass<R, kPair>(x, w, n, K, full, mask, out, N);
-  for (; n < n1; ++n) pass<R, 1>(x, w, n, K, full, mask, out, N);
+  for (; n + kCols <= n1; n += kCols) block<R, kCols, Ahead>(x, w, n, K, full, mask, out, N);
+  switch (n1 - n) {
+    case 3: block<R, 3, Ahead>(x, w, n, K, full, mask, out, N); break;
+    case 2: block<R, 2, Ahead>(x, w, n, K, full, mask, out, N); break;
+    case 1: block<R, 1, Ahead>(x, w, n, K, full, mask, out, N); break;
+    default: break;
+  }
 }
 
 using TileFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t);
 template <int... R>
-constexpr std::array<TileFn, sizeof...(R)> tiles(std::integer_sequence<int, R...>) {
-  return {tile<R + 1>...};
+constexpr std::array<TileFn, 2 * sizeof...(R)> tiles(std::integer_sequence<int, R...>) {
+  return {tile<R + 1, true>..., tile<R + 1, false>...};
 }
-constexpr auto kTiles = tiles(std::make_integer_sequence<int, kTile>{});
+constexpr auto kTiles = tiles(std::make_integer_sequence<int, kRows>{});
 constexpr int64_t kChunk = 64;  // weight rows per work item
 
 }  // namespace
@@ -113,9 +124,10 @@ torch::Tensor grouped_gemv(const torch::Tensor& inp, const torch::Tensor& w,
       const int64_t e = active[it / chunks];
       const int64_t n0 = (it % chunks) * kChunk, n1 = std::min(N, n0 + kChunk);
       const float* we = wp + e * N * K;
-      for (int64_t p = offsets[e]; p < offsets[e + 1]; p += kTile) {
-        const int64_t rows = std::min(kTile, offsets[e + 1] - p);
-        kTiles[rows - 1](x + p * K, we, n0, n1, K, o + p * N, N);
+      for (int64_t p = offsets[e]; p < offsets[e + 1]; p += kRows) {
+        const int64_t rows = std::min<int64_t>(kRows, offsets[e + 1] - p);
+        // the first tile streams the item's weights from memory; later ones find them in L2
+        kTiles[rows - 1 + (p == offsets[e] ? 0 : kRows)](x + p * K, we, n0, n1, K, o + p * N, N);
       }
     }
   });
