@@ -8,28 +8,47 @@
 //
 // The torch path gathered each sequence's blocks into a workspace (a copy through memory) and
 // ran two small bmm calls per sequence; here each key and value row is read once, where it lies,
-// and shared by the G query heads of its kv head. Work items are sequences, spread over torch's
-// intra-op threads; a sequence's result does not depend on the others in the call.
-#include <ATen/Parallel.h>
+// and shared by the G query heads of its kv head. Scores come kLanes keys at a time: one FMA
+// chain per key along hd, then sum_each reduces all kLanes chains at once (a quarter of the
+// shuffles of reducing each). Work items are sequences, spread over torch's intra-op threads
+// one at a time, longest context first (items by kv head were 2x slower: each then reads a
+// quarter of every cache row, a strided stream); a sequence's result does not depend on the
+// others in the call, nor on which thread runs it.
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "ops.h"
+#include "parallel.h"
 #include "vec.h"
 
 namespace {
 
 using namespace lamina;
 
-inline float dot(const float* a, const float* b, int64_t n, int64_t full, Mask mask) {
-  Vec acc = zero();
-  for (int64_t k = 0; k < full; k += kLanes) acc = fma(load(a + k), load(b + k), acc);
-  if (n > full) acc = fma(load_tail(a + full, mask), load_tail(b + full, mask), acc);
-  return sum(acc);
+// Scores of query q against the kLanes keys at rows[j] + at (hd floats each, `full` of them in
+// whole vectors), into out[0..kLanes): key j's chain sits in the slot sum_each leaves in lane j.
+inline void scores(const float* q, const float* const* rows, int64_t at, int64_t hd, int64_t full,
+                   Mask mask, float* out) {
+  constexpr int64_t kQuad = kLanes / 4;  // lane 4i + j <- slot kQuad * j + i (vec.h)
+  Vec acc[kLanes];
+  for (int s = 0; s < kLanes; ++s) acc[s] = zero();
+  for (int64_t k = 0; k < full; k += kLanes) {
+    const Vec qv = load(q + k);
+    for (int j = 0; j < kLanes; ++j)
+      acc[kQuad * (j % 4) + j / 4] = fma(qv, load(rows[j] + at + k), acc[kQuad * (j % 4) + j / 4]);
+  }
+  if (hd > full) {
+    const Vec qv = load_tail(q + full, mask);
+    for (int j = 0; j < kLanes; ++j)
+      acc[kQuad * (j % 4) + j / 4] =
+          fma(qv, load_tail(rows[j] + at + full, mask), acc[kQuad * (j % 4) + j / 4]);
+  }
+  store(out, sum_each(acc));
 }
 
 inline void axpy(float p, const float* v, float* acc, int64_t n, int64_t full, Mask mask) {
@@ -83,34 +102,47 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& kv_c
   const int64_t full = hd / kLanes * kLanes;
   const Mask mask = tail_mask(hd - full);
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, Bd, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qs(H * hd), s, acc(H * hd);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t C = contexts[i];
-      const int64_t* bl = blk + block_starts[i];
-      for (int64_t j = 0; j < H * hd; ++j) qs[j] = qp[i * H * hd + j] * fscale;
-      s.resize(H * C);
-      for (int64_t t = 0; t < C; ++t) {  // scores: each key row read once for its G heads
-        const float* krow = kc + (bl[t / BS] * BS + t % BS) * row;
-        for (int64_t h = 0; h < H; ++h)
-          s[h * C + t] = dot(qs.data() + h * hd, krow + (h / G) * hd, hd, full, mask);
+  std::vector<int64_t> longest(Bd);  // sequences, longest context first
+  std::iota(longest.begin(), longest.end(), 0);
+  std::stable_sort(longest.begin(), longest.end(),
+                   [&](int64_t a, int64_t b) { return contexts[a] > contexts[b]; });
+  parallel_items(Bd, [&](int64_t item) {
+    thread_local std::vector<float> qs, s, acc, zeros;
+    qs.resize(H * hd);
+    acc.resize(H * hd);
+    zeros.assign(row, 0.f);
+    const float* rows[kLanes];
+    alignas(64) float lanes[kLanes];
+    const int64_t i = longest[item], C = contexts[i];
+    const int64_t* bl = blk + block_starts[i];
+    for (int64_t j = 0; j < H * hd; ++j) qs[j] = qp[i * H * hd + j] * fscale;
+    s.resize(H * C);
+    for (int64_t t0 = 0; t0 < C; t0 += kLanes) {  // scores, kLanes key rows at a time
+      const int64_t n = std::min<int64_t>(kLanes, C - t0);
+      for (int64_t j = 0; j < kLanes; ++j) {  // past the context: a zero row, score unused
+        const int64_t t = t0 + j;
+        rows[j] = j < n ? kc + (bl[t / BS] * BS + t % BS) * row : zeros.data();
       }
-      for (int64_t h = 0; h < H; ++h) {  // softmax over each head's C scores
-        float* sh = s.data() + h * C;
-        const float m = *std::max_element(sh, sh + C);
-        float total = 0.f;
-        for (int64_t t = 0; t < C; ++t) total += (sh[t] = std::exp(sh[t] - m));
-        const float inv = 1.f / total;
-        for (int64_t t = 0; t < C; ++t) sh[t] *= inv;
+      for (int64_t h = 0; h < H; ++h) {  // the key rows stay in L1 for all H heads
+        scores(qs.data() + h * hd, rows, (h / G) * hd, hd, full, mask, lanes);
+        std::copy(lanes, lanes + n, s.data() + h * C + t0);
       }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t = 0; t < C; ++t) {  // out = P @ V: each value row read once
-        const float* vrow = vc + (bl[t / BS] * BS + t % BS) * row;
-        for (int64_t h = 0; h < H; ++h)
-          axpy(s[h * C + t], vrow + (h / G) * hd, acc.data() + h * hd, hd, full, mask);
-      }
-      std::copy(acc.begin(), acc.end(), op + i * H * hd);
     }
+    for (int64_t h = 0; h < H; ++h) {  // softmax over each head's C scores
+      float* sh = s.data() + h * C;
+      const float m = *std::max_element(sh, sh + C);
+      float total = 0.f;
+      for (int64_t t = 0; t < C; ++t) total += (sh[t] = std::exp(sh[t] - m));
+      const float inv = 1.f / total;
+      for (int64_t t = 0; t < C; ++t) sh[t] *= inv;
+    }
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t t = 0; t < C; ++t) {  // out = P @ V: each value row read once
+      const float* vrow = vc + (bl[t / BS] * BS + t % BS) * row;
+      for (int64_t h = 0; h < H; ++h)
+        axpy(s[h * C + t], vrow + (h / G) * hd, acc.data() + h * hd, hd, full, mask);
+    }
+    std::copy(acc.begin(), acc.end(), op + i * H * hd);
   });
   return out;
 }

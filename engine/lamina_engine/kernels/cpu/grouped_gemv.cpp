@@ -6,7 +6,8 @@
 // One call covers every expert of a MoE layer (or one dense linear, E = 1), for any number of
 // rows: a decode step's 1-3 rows per expert, where the work is streaming each weight once, and
 // a prefill chunk's tens to hundreds, where it is FLOPs. Work items are (expert, 64 weight
-// rows), spread over torch's intra-op threads; an item's weights stay in L2 while its rows pass
+// rows), handed out to torch's intra-op threads one at a time, the experts with the most rows
+// first (parallel.h); an item's weights stay in L2 while its rows pass
 // in register tiles of kRows input rows x kCols weight rows (kLanes accumulators: 16 of
 // AVX-512's 32 registers, 8 of AVX2's 16), each an FMA chain along k. sum_each then reduces
 // all kLanes accumulators at once (a quarter of the shuffles of reducing each on its own).
@@ -15,7 +16,6 @@
 // tail, then sum_each's fixed lane tree) whatever the row's tile, its group's size or the call's
 // other rows: a row's result does not depend on which rows share the call, so the same request
 // gives the same logits in any batch, run after run.
-#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "parallel.h"
 #include "vec.h"
 
 namespace {
@@ -109,26 +110,26 @@ torch::Tensor grouped_gemv(const torch::Tensor& inp, const torch::Tensor& w,
   TORCH_CHECK(E == w.size(0) && offsets.front() == 0 && offsets.back() == P,
               "grouped_gemv: offsets must be [E + 1] from 0 to P");
   auto out = torch::empty({P, N}, inp.options());
-  std::vector<int64_t> active;
+  std::vector<int64_t> active;  // experts with rows, the most rows first
   for (int64_t e = 0; e < E; ++e) {
     TORCH_CHECK(offsets[e + 1] >= offsets[e], "grouped_gemv: offsets must not decrease");
     if (offsets[e + 1] > offsets[e]) active.push_back(e);
   }
+  std::stable_sort(active.begin(), active.end(), [&](int64_t a, int64_t b) {
+    return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
+  });
   const float* x = inp.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* o = out.data_ptr<float>();
   const int64_t chunks = (N + kChunk - 1) / kChunk;
-  const int64_t items = static_cast<int64_t>(active.size()) * chunks;
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t it = begin; it < end; ++it) {
-      const int64_t e = active[it / chunks];
-      const int64_t n0 = (it % chunks) * kChunk, n1 = std::min(N, n0 + kChunk);
-      const float* we = wp + e * N * K;
-      for (int64_t p = offsets[e]; p < offsets[e + 1]; p += kRows) {
-        const int64_t rows = std::min<int64_t>(kRows, offsets[e + 1] - p);
-        // the first tile streams the item's weights from memory; later ones find them in L2
-        kTiles[rows - 1 + (p == offsets[e] ? 0 : kRows)](x + p * K, we, n0, n1, K, o + p * N, N);
-      }
+  parallel_items(static_cast<int64_t>(active.size()) * chunks, [&](int64_t it) {
+    const int64_t e = active[it / chunks];
+    const int64_t n0 = (it % chunks) * kChunk, n1 = std::min(N, n0 + kChunk);
+    const float* we = wp + e * N * K;
+    for (int64_t p = offsets[e]; p < offsets[e + 1]; p += kRows) {
+      const int64_t rows = std::min<int64_t>(kRows, offsets[e + 1] - p);
+      // the first tile streams the item's weights from memory; later ones find them in L2
+      kTiles[rows - 1 + (p == offsets[e] ? 0 : kRows)](x + p * K, we, n0, n1, K, o + p * N, N);
     }
   });
   return out;
