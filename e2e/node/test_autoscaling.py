@@ -176,7 +176,10 @@ def test_quiet_scales_decode_down_through_a_drain(admin: Kubectl, expected: dict
             return ("Drained" in reasons(admin) and not status.get("drains")
                     and decode_replicas(admin) == 1 and len(live) == 1)  # fmt: skip
 
-        wait_for("decode drained down to 1 pod", done, 240, 1.0)
+        try:
+            wait_for("decode drained down to 1 pod", done, 240, 1.0)
+        except AssertionError as exc:  # say what the autoscaler decided, not only that it timed out
+            raise AssertionError(f"{exc}; {where_scale_in_stands(admin, seen)}") from None
         numbers["scale_in_s"] = round(time.monotonic() - t0, 1)
 
     result = run_load(router_url(admin, NAME), "lamina-demo", PROMPT, expected[LIGHT_TOKENS],
@@ -204,6 +207,19 @@ def test_quiet_scales_decode_down_through_a_drain(admin: Kubectl, expected: dict
     # the drained pod is the one the ReplicaSet removed (gone, or terminating)
     left = {p["metadata"]["name"]: p for p in decode_pods(admin)}
     assert seen[0]["pod"] not in left or left[seen[0]["pod"]]["metadata"].get("deletionTimestamp")
+
+
+def where_scale_in_stands(admin: Kubectl, seen: list[dict]) -> str:
+    """The operator's last decisions, its drains, the pods and the events: a failed scale-in
+    says why (a TBT that never stayed under target, a drain that never ended, ...)."""
+    status = autoscaling(admin)
+    decisions = [{k: d.get(k) for k in ("time", "reason", "message", "applied")}
+                 for d in (status.get("decisions") or [])[-8:]]  # fmt: skip
+    pods = [(p["metadata"]["name"], bool(p["metadata"].get("deletionTimestamp")))
+            for p in decode_pods(admin)]  # fmt: skip
+    return json.dumps({"decisions": decisions, "drains": status.get("drains"), "drains_seen": seen,
+                       "decode_replicas": decode_replicas(admin), "decode_pods": pods,
+                       "events": reasons(admin)[-12:]}, default=str)  # fmt: skip
 
 
 def test_hand_patched_replicas_are_reported_and_left_alone(admin: Kubectl, scaled: dict) -> None:

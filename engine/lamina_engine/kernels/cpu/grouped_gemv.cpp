@@ -34,8 +34,10 @@ using namespace lamina;
 constexpr int kCols = 4;      // weight rows per register tile
 constexpr int kRows = kTile;  // input rows per register tile (vec.h): kRows * kCols = kLanes
 static_assert(kRows * kCols == kLanes, "a tile's accumulators are one sum_each");
-// Prefetch distance in floats (16 KB): the hardware prefetcher alone left a 1 MB expert's
-// weight streaming at 60-70% of the memory's speed once a pass does 2+ rows of work.
+// Prefetch distance in floats (16 KB ahead of each weight row), into L2 (_MM_HINT_T1): the
+// hardware prefetcher alone left a 1 MB expert's weight streaming at 60-70% of the memory's
+// speed, and prefetching into L1 (T0) instead streamed a decode step's experts 1.25x (2
+// threads) to 1.7x (1 thread) slower on a Zen 4 EPYC.
 constexpr int64_t kAhead = 4096;
 
 // Rows x[0..R) against weight rows [n, n + C). Accumulator (r, c) is slot kRows * c + r, which
@@ -51,7 +53,7 @@ inline void block(const float* x, const float* w, int64_t n, int64_t K, int64_t 
     for (int c = 0; c < C; ++c) {
       wv[c] = load(w + (n + c) * K + k);
       if (Ahead)
-        _mm_prefetch(reinterpret_cast<const char*>(w + (n + c) * K + k + kAhead), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + (n + c) * K + k + kAhead), _MM_HINT_T1);
     }
     for (int r = 0; r < R; ++r) {
       const Vec xv = load(x + r * K + k);
