@@ -2,7 +2,7 @@
 
 Matmuls: F.linear vs torch.mm(w, x^T) vs oneDNN's linear vs Lamina's grouped_gemv
 (kernels/cpu_ops.py: all `count` weights in one call, m rows each, as a MoE layer runs its
-experts) vs what `linear` picks (grouped_gemv for M <= 16 where it builds).
+experts) vs what `linear` picks (grouped_gemv for M <= cpu_ops.MAX_ROWS, 32, where it builds).
 
     .venv/bin/python scripts/bench_cpu_kernels.py [--threads 1]
 
