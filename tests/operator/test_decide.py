@@ -435,7 +435,7 @@ def test_ttft_of_prompts_longer_than_the_target_is_not_acted_on(name, prompts, s
 
 
 def _forecast_obs(now, *, arrivals=6.0, mean_output=450.0, decoding=1400.0, tbt=0.045, n=4,
-                  starting=0, finished=2.0):  # fmt: skip
+                  starting=0, finished=2.0, running=10):  # fmt: skip
     """Prefill pods finished `arrivals` prompts/s over the 15 s interval; decode pods finished
     `finished` requests/s of `mean_output` tokens and decode `decoding` tokens/s in all."""
     prompts = arrivals * 15
@@ -445,7 +445,7 @@ def _forecast_obs(now, *, arrivals=6.0, mean_output=450.0, decoding=1400.0, tbt=
         for i in range(2)
     )  # fmt: skip
     dec = tuple(
-        PodSample(f"d{i}", 600.0, tbt=hist(tbt), kv_utilization=0.3, running=10,
+        PodSample(f"d{i}", 600.0, tbt=hist(tbt), kv_utilization=0.3, running=running,
                   decode_tokens_per_second=decoding / n, finished_per_second=finished / n,
                   finished_output_tokens_per_second=finished * mean_output / n)
         for i in range(n)
@@ -488,6 +488,16 @@ def test_decode_demand_forecast_not_used(name, kw, capacity):
     d = decide(policy(), _forecast_obs(15, **kw), _forecast_history(capacity))
     assert all(s.name != "demand" for s in d.pools["decode"].signals), name
     assert d.pools["decode"].desired == 4, name
+
+
+def test_decode_demand_forecast_ignored_while_every_request_is_served_as_it_comes():
+    # One unbatched request per pod, nothing waiting: a demand the arrival window puts above
+    # what the pods decode (and above the rate learned at the target) does not scale decode up.
+    o = _forecast_obs(15, running=1)
+    assert all(p.running == 1 for p in o.pools["decode"].pods)
+    d = decide(policy(), o, _forecast_history())
+    assert all(s.name != "demand" for s in d.pools["decode"].signals)
+    assert d.pools["decode"].desired <= 4
 
 
 def test_decode_demand_forecast_only_raises():

@@ -262,6 +262,15 @@ def demand_signal(
     pods = pool.ready + pool.starting
     if demand is None or not capacity or not pool.ready or not pods:
         return []
+    # A pool that takes every request as it comes (no pod batching, nothing waiting) keeps up
+    # with its demand: one unbatched stream can decode more tokens/s than the per-pod rate
+    # learned at the TBT target, and an arrival window running ahead of the decodes would then
+    # scale the pool up after every scale-down (seen on a slow host's e2e: 1 in flight flapped
+    # decode 1 <-> 2 for minutes). TBT and KV size such a pool.
+    running = sum(p.running for p in pool.pods)
+    waiting = sum(p.waiting_requests for p in pool.pods) + obs.router.queued_decode_requests
+    if running < 2 * pool.ready and not waiting:
+        return []
     # Only while the demand is ahead of what the pool decodes now (the batch still building
     # up): otherwise the batch of now is the demand, and TBT and KV measure it directly.
     decoding = sum(p.decode_tokens_per_second for p in pool.pods)
