@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 # Rows per call (a linear's M, an expert's rows) up to which grouped_gemv is used by default.
 # With 8 experts of the vs-hf shape it was 1.9x (AVX-512) / 1.15x (AVX2) faster than oneDNN's
-# loop at 32 rows per expert, even at 64 / 40 rows (docs/benchmarks.md, "CPU decode kernels").
+# loop at 32 rows per expert, even at 64 / 40 rows (docs/benchmarks.md, "CPU kernels on an
+# AVX-512 host").
 MAX_ROWS = 32
 
 SOURCES = Path(__file__).with_name("cpu")  # module.cpp binds the kernels; vec.h the ISA

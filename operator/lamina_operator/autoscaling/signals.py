@@ -177,15 +177,23 @@ def prefill_signals(
     return out
 
 
-def decode_signals(obs: Observation, policy: AutoscalingPolicySpec) -> list[Signal]:
+def _decode_load(obs: Observation) -> tuple[float, float, bool]:
+    """Decode's requests running and waiting (on its pods and in the router), and whether its
+    pods batch (2+ running per ready pod): while they do not, a step is one request's and TBT
+    is the service time, not a load."""
     pool = obs.pools["decode"]
     running = sum(p.running for p in pool.pods)
-    batched = pool.ready > 0 and running / pool.ready >= 2
+    waiting = sum(p.waiting_requests for p in pool.pods) + obs.router.queued_decode_requests
+    return running, waiting, pool.ready > 0 and running / pool.ready >= 2
+
+
+def decode_signals(obs: Observation, policy: AutoscalingPolicySpec) -> list[Signal]:
+    pool = obs.pools["decode"]
+    running, waiting, batched = _decode_load(obs)
     out = _latency("tbt", pool, policy, policy.tbt, actionable=batched)
     if pool.ready and pool.pods:
         target = policy.target_kv_utilization_percent / 100
         kv = sum(p.kv_utilization for p in pool.pods) / len(pool.pods)
-        waiting = sum(p.waiting_requests for p in pool.pods) + obs.router.queued_decode_requests
         if waiting and running:
             kv *= (running + waiting) / running  # each waiting request needs a running one's KV
         elif waiting:  # requests wait and none runs: KV per request unknown, ask for double
@@ -267,9 +275,8 @@ def demand_signal(
     # learned at the TBT target, and an arrival window running ahead of the decodes would then
     # scale the pool up after every scale-down (seen on a slow host's e2e: 1 in flight flapped
     # decode 1 <-> 2 for minutes). TBT and KV size such a pool.
-    running = sum(p.running for p in pool.pods)
-    waiting = sum(p.waiting_requests for p in pool.pods) + obs.router.queued_decode_requests
-    if running < 2 * pool.ready and not waiting:
+    _, waiting, batched = _decode_load(obs)
+    if not batched and not waiting:
         return []
     # Only while the demand is ahead of what the pool decodes now (the batch still building
     # up): otherwise the batch of now is the demand, and TBT and KV measure it directly.
